@@ -1,0 +1,129 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// Server error numbers the library acts on.
+const (
+	errDupEntry          = 1062 // ER_DUP_ENTRY: the statement was rolled back
+	errLockDeadlock      = 1213 // ER_LOCK_DEADLOCK: the whole transaction was rolled back
+	errLockWaitTimeout   = 1205 // ER_LOCK_WAIT_TIMEOUT: only the statement was rolled back
+	errCheckRead         = 1020 // ER_CHECKREAD (MariaDB): record changed since last read
+	errServerShutdown    = 1053 // ER_SERVER_SHUTDOWN: connection closed, transaction rolled back
+	errConnectionKilled  = 1927 // ER_CONNECTION_KILLED (MariaDB)
+	errClientIdleTimeout = 4031 // MySQL 8.0.24+: idle connection closed by the server
+)
+
+// RetryError is returned by [WithRetryTx] when every attempt failed with a
+// retryable error. It matches [ErrRetriesExhausted] and unwraps to the last
+// cause, so IsDeadlock(err) still answers for it.
+type RetryError struct {
+	Attempts int
+	Err      error
+}
+
+func (e *RetryError) Error() string {
+	return fmt.Sprintf("keystore: retries exhausted after %d attempts: %v", e.Attempts, e.Err)
+}
+func (e *RetryError) Unwrap() []error { return []error{ErrRetriesExhausted, e.Err} }
+
+// AmbiguousCommitError is returned when the connection failed after COMMIT
+// was sent: the transaction may or may not have been applied. It matches
+// [ErrAmbiguousCommit] and unwraps to the connection error.
+type AmbiguousCommitError struct{ Err error }
+
+func (e *AmbiguousCommitError) Error() string {
+	return fmt.Sprintf("keystore: commit outcome unknown: %v", e.Err)
+}
+func (e *AmbiguousCommitError) Unwrap() []error { return []error{ErrAmbiguousCommit, e.Err} }
+
+func serverErrorNumber(err error) (uint16, bool) {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number, true
+	}
+	return 0, false
+}
+
+// IsDuplicateKey reports whether err is, or wraps, a duplicate-key error
+// (1062). The server rolled back only that statement.
+func IsDuplicateKey(err error) bool {
+	n, ok := serverErrorNumber(err)
+	return ok && n == errDupEntry
+}
+
+// IsDeadlock reports whether err is, or wraps, a deadlock (1213), which is
+// also how Galera reports a certification conflict. The server rolled back
+// the whole transaction.
+func IsDeadlock(err error) bool {
+	n, ok := serverErrorNumber(err)
+	return ok && n == errLockDeadlock
+}
+
+// IsRetryable reports whether a transaction that failed with err can safely
+// be run again from BEGIN: deadlock (1213), lock-wait timeout (1205), MariaDB
+// 1020, or driver.ErrBadConn (nothing was sent). It is false for an error
+// matching [ErrAmbiguousCommit] and for errors that have already been retried
+// ([ErrRetriesExhausted]). Lost connections are retryable only before COMMIT
+// was sent, which [WithRetryTx] tracks and IsRetryable cannot; it answers
+// false for them.
+func IsRetryable(err error) bool {
+	if err == nil || errors.Is(err, ErrAmbiguousCommit) || errors.Is(err, ErrRetriesExhausted) {
+		return false
+	}
+	if n, ok := serverErrorNumber(err); ok {
+		switch n {
+		case errLockDeadlock, errLockWaitTimeout, errCheckRead:
+			return true
+		}
+		return false
+	}
+	return errors.Is(err, driver.ErrBadConn)
+}
+
+// isConnectionLost reports whether err says the connection broke, so that
+// the server rolled back any open transaction.
+func isConnectionLost(err error) bool {
+	if n, ok := serverErrorNumber(err); ok {
+		return n == errServerShutdown || n == errConnectionKilled || n == errClientIdleTimeout
+	}
+	var ne net.Error
+	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysql.ErrInvalidConn) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, &ne)
+}
+
+// retryableAttempt decides whether WithRetryTx runs the transaction again
+// after one attempt failed with err. Commit failures that may have applied
+// the transaction arrive here as AmbiguousCommitError and are never retried;
+// any other lost connection happened before COMMIT was sent, so the server
+// rolled the transaction back and it is safe to run again.
+func retryableAttempt(err error) bool {
+	if errors.Is(err, ErrAmbiguousCommit) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var internal retryableError
+	return IsRetryable(err) || isConnectionLost(err) || errors.As(err, &internal)
+}
+
+// commitError classifies an error returned by tx.Commit.
+func commitError(ctx context.Context, err error) error {
+	switch {
+	case errors.Is(err, driver.ErrBadConn):
+		return err // the driver sent nothing
+	case errors.Is(err, sql.ErrTxDone), ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return err // database/sql rolled back instead of sending COMMIT
+	}
+	if n, ok := serverErrorNumber(err); ok && n != errServerShutdown && n != errConnectionKilled {
+		return err // the server answered COMMIT with an error: not applied
+	}
+	return &AmbiguousCommitError{Err: err}
+}

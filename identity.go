@@ -1,0 +1,198 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// How a racing get-or-create is won (identities here; permissions below use
+// the same idea in bulk). Facts it rests on, for InnoDB at the default
+// REPEATABLE READ:
+//
+//   - An INSERT that collides with a unique key held by an uncommitted
+//     transaction waits for it, and fails with 1062 only once it committed.
+//     The failed INSERT leaves a shared lock on the winner's row.
+//   - A locking read (LOCK IN SHARE MODE) sees the latest committed row, even
+//     after the transaction's snapshot was fixed by an earlier plain read.
+//   - A locking read of a *missing* row takes a gap lock; two creators that
+//     both hold one then deadlock on their INSERTs.
+//
+// So: a plain read first (no lock, no gap lock; one statement when the
+// identity exists, the common case), then INSERT, and only when that INSERT
+// lost a race, a shared-lock read of the winner. Losers never ask for an
+// exclusive lock on the winner's row, so a burst of creators does not
+// deadlock: every caller does one or two statements more than the winner
+// and nobody retries. Measured in BenchmarkIdentityShapes.
+//
+// The found identity is not locked by the plain read; writers that link to
+// it re-check it under a shared lock in the same statement that links (see
+// insertKey) or with lockIdentity, so a concurrent delete cannot leave a key
+// pointing at a deleted identity.
+
+// ensureIdentity returns the live identity of externalID in workspaceID,
+// creating it when there is none.
+func ensureIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string) (identityRow, error) {
+	var row identityRow
+	err := tx.GetContext(ctx, &row, selectIdentity, workspaceID, externalID)
+	if err == nil {
+		return row, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return row, fmt.Errorf("keystore: find identity: %w", err)
+	}
+	row = identityRow{ID: newID("id"), WorkspaceID: workspaceID, ExternalID: externalID, CreatedAt: dbTime{now, true}, created: true}
+	_, err = tx.ExecContext(ctx, `INSERT INTO keystore_identities
+		(id, workspace_id, external_id, live, created_at, updated_at) VALUES (?, ?, ?, 1, ?, ?)`,
+		row.ID, workspaceID, externalID, utc(now), utc(now))
+	if err == nil {
+		return row, nil
+	}
+	if !IsDuplicateKey(err) {
+		return row, fmt.Errorf("keystore: create identity: %w", err)
+	}
+	// Lost the race: the winner has committed. A plain SELECT would read the
+	// snapshot and miss it; the locking read sees it.
+	row = identityRow{}
+	if err := tx.GetContext(ctx, &row, selectIdentity+" LOCK IN SHARE MODE", workspaceID, externalID); err != nil {
+		return row, fmt.Errorf("keystore: read identity after duplicate: %w", err)
+	}
+	return row, nil
+}
+
+const selectIdentity = `SELECT id, workspace_id, external_id, created_at
+	FROM keystore_identities WHERE workspace_id = ? AND external_id = ? AND live = 1`
+
+// lockIdentity takes a shared lock on a live identity, so that it cannot be
+// deleted before the transaction commits. It returns errIdentityGone when the
+// identity was deleted after it was read.
+func lockIdentity(ctx context.Context, tx *sqlx.Tx, id string) error {
+	var one int
+	err := tx.GetContext(ctx, &one, `SELECT 1 FROM keystore_identities WHERE id = ? AND live = 1 LOCK IN SHARE MODE`, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return errIdentityGone
+	}
+	return err
+}
+
+// errIdentityGone: an identity read in this transaction was deleted by
+// another before it could be linked. WithRetryTx runs the transaction again,
+// which then creates a new identity.
+var errIdentityGone = retryableError("keystore: identity was deleted concurrently")
+
+// ensurePermissions makes a permission exist for every slug in workspaceID.
+// slugs must be sorted and unique: every transaction takes the insert locks
+// in the same order, so two creators of overlapping new sets cannot deadlock
+// on each other. INSERT IGNORE waits for a racing creator like INSERT does,
+// then skips the rows it created; unlike ON DUPLICATE KEY UPDATE it takes
+// only shared locks on existing rows, so keys sharing a hot permission do
+// not serialise. Validation has already made every value fit its column, so
+// IGNORE cannot truncate anything.
+func ensurePermissions(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID string, slugs []string) error {
+	if len(slugs) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 4*len(slugs))
+	for _, slug := range slugs {
+		args = append(args, newID("perm"), workspaceID, slug, utc(now))
+	}
+	_, err := tx.ExecContext(ctx, `INSERT IGNORE INTO keystore_permissions (id, workspace_id, slug, created_at) VALUES `+rows(len(slugs), 4), args...)
+	if err != nil {
+		return fmt.Errorf("keystore: create permissions: %w", err)
+	}
+	return nil
+}
+
+// linkPermissions links keyID to the permissions of slugs (sorted, unique,
+// all existing). The INSERT ... SELECT reads them under shared locks, so it
+// sees rows other transactions just committed.
+func linkPermissions(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string, slugs []string) error {
+	if len(slugs) == 0 {
+		return nil
+	}
+	args := append([]any{keyID, workspaceID}, anys(slugs)...)
+	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_key_permissions (key_id, permission_id)
+		SELECT ?, id FROM keystore_permissions WHERE workspace_id = ? AND slug IN (`+placeholders(len(slugs))+`)
+		LOCK IN SHARE MODE`, args...)
+	if err != nil {
+		return fmt.Errorf("keystore: link permissions: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != int64(len(slugs)) {
+		return fmt.Errorf("keystore: link permissions: linked %d of %d: %w", n, len(slugs), errConcurrentChange)
+	}
+	return nil
+}
+
+// linkRoles links keyID to the roles named (sorted, unique). Roles are not
+// created here: a missing one is ErrNotFound.
+func linkRoles(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	args := append([]any{keyID, workspaceID}, anys(names)...)
+	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_key_roles (key_id, role_id)
+		SELECT ?, id FROM keystore_roles WHERE workspace_id = ? AND name IN (`+placeholders(len(names))+`)
+		LOCK IN SHARE MODE`, args...)
+	if err != nil {
+		return fmt.Errorf("keystore: link roles: %w", err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == int64(len(names)) {
+		return nil
+	}
+	var found []string
+	if err := tx.SelectContext(ctx, &found, `SELECT name FROM keystore_roles WHERE workspace_id = ? AND name IN (`+
+		placeholders(len(names))+`)`, append([]any{workspaceID}, anys(names)...)...); err != nil {
+		return fmt.Errorf("keystore: link roles: %w", err)
+	}
+	missing := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return slices.Contains(found, n) })
+	return fmt.Errorf("keystore: roles %q: %w", missing, ErrNotFound)
+}
+
+// errConcurrentChange: rows read in this transaction changed under it;
+// running the transaction again resolves it.
+var errConcurrentChange = retryableError("keystore: concurrent change")
+
+type retryableError string
+
+func (e retryableError) Error() string { return string(e) }
+
+// sortedUnique returns the values sorted and without duplicates, the fixed
+// order in which every transaction locks them.
+func sortedUnique(values []string) []string {
+	out := slices.Clone(values)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func anys(values []string) []any {
+	out := make([]any, len(values))
+	for i, v := range values {
+		out[i] = v
+	}
+	return out
+}
+
+// EnsureIdentity returns the live identity of externalID in workspaceID,
+// creating it when there is none. Concurrent callers for one externalID all
+// succeed and get the same identity.
+func (s *Store) EnsureIdentity(ctx context.Context, workspaceID, externalID string) (Identity, error) {
+	if err := validateIdentityRef(workspaceID, externalID); err != nil {
+		return Identity{}, err
+	}
+	row, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (identityRow, error) {
+		return ensureIdentity(ctx, tx, s.clock(), workspaceID, externalID)
+	})
+	return row.identity(), err
+}
+
+func validateIdentityRef(workspaceID, externalID string) error {
+	if err := validateName("WorkspaceID", workspaceID, 255); err != nil {
+		return err
+	}
+	return validateName("ExternalID", externalID, 255)
+}

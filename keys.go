@@ -1,0 +1,288 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// CreateKey creates a key and returns its plaintext, which is not stored and
+// cannot be read again. When req.ExternalID is set, the key is linked to its
+// identity, created if needed; missing permissions are created; every role
+// must exist. All of it commits in one transaction, retried on deadlocks, so
+// any number of concurrent callers for one new ExternalID all succeed and
+// exactly one identity exists.
+//
+// Errors: ErrInvalidInput (a *ValidationError naming the field) when req is
+// invalid; ErrNotFound when a role does not exist. In both cases nothing is
+// written. Otherwise the errors of [WithRetryTx].
+//
+// Statements: 4 when the identity exists (BEGIN, find identity, insert key,
+// COMMIT), 5 when it is new, plus 2 for permissions (new or not), 1 for roles
+// and 1 for ratelimits.
+func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error) {
+	now := s.clock()
+	if err := req.validate(now); err != nil {
+		return CreatedKey{}, err
+	}
+	meta, err := metaValue(req.Meta)
+	if err != nil {
+		return CreatedKey{}, err
+	}
+	permissions, roles := sortedUnique(req.Permissions), sortedUnique(req.Roles)
+	plaintext, start, hash := newSecret(req.Prefix, req.ByteLength)
+	keyID := newID("key")
+
+	identityID, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (string, error) {
+		var identityID string
+		if req.ExternalID != "" {
+			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, req.ExternalID)
+			if err != nil {
+				return "", err
+			}
+			identityID = identity.ID
+		}
+		if err := ensurePermissions(ctx, tx, now, req.WorkspaceID, permissions); err != nil {
+			return "", err
+		}
+		cols := []any{keyID, req.WorkspaceID, req.KeySpaceID, hash, start, nullString(req.Name),
+			identityID, meta, nullableUTC(req.Expires), !req.Disabled}
+		cols = append(cols, creditColumns(req.Credits, now)...)
+		cols = append(cols, utc(now), utc(now))
+		if err := insertKey(ctx, tx, cols, identityID); err != nil {
+			return "", err
+		}
+		if err := linkPermissions(ctx, tx, keyID, req.WorkspaceID, permissions); err != nil {
+			return "", err
+		}
+		if err := linkRoles(ctx, tx, keyID, req.WorkspaceID, roles); err != nil {
+			return "", err
+		}
+		return identityID, insertRatelimits(ctx, tx, keyID, req.Ratelimits)
+	})
+	if err != nil {
+		return CreatedKey{}, err
+	}
+	return CreatedKey{KeyID: keyID, Key: plaintext, IdentityID: identityID}, nil
+}
+
+const keyColumns = `id, workspace_id, key_space_id, hash, start, name, identity_id, meta, expires,
+	enabled, remaining, refill_interval, refill_amount, refill_day, refilled_at, created_at, updated_at`
+
+// insertKey inserts one key row. With an identity, the row is inserted by
+// INSERT ... SELECT from the live identity under a shared lock, so an
+// identity deleted since it was read is noticed (errIdentityGone, retried)
+// in the same statement rather than linked.
+func insertKey(ctx context.Context, tx *sqlx.Tx, cols []any, identityID string) error {
+	if identityID == "" {
+		_, err := tx.ExecContext(ctx, `INSERT INTO keystore_keys (`+keyColumns+`) VALUES (`+placeholders(len(cols))+`)`, cols...)
+		if err != nil {
+			return fmt.Errorf("keystore: insert key: %w", err)
+		}
+		return nil
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_keys (`+keyColumns+`) SELECT `+placeholders(len(cols))+
+		` FROM keystore_identities WHERE id = ? AND live = 1 LOCK IN SHARE MODE`, append(cols, identityID)...)
+	if err != nil {
+		return fmt.Errorf("keystore: insert key: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return errIdentityGone
+	}
+	return nil
+}
+
+// creditColumns returns remaining, refill_interval, refill_amount,
+// refill_day and refilled_at for c (nil: unlimited).
+func creditColumns(c *Credits, now time.Time) []any {
+	if c == nil {
+		return []any{nil, nil, nil, nil, nil}
+	}
+	if c.Refill == nil {
+		return []any{c.Remaining, nil, nil, nil, nil}
+	}
+	var day any
+	if c.Refill.Interval == RefillMonthly {
+		day = c.Refill.Day
+	}
+	return []any{c.Remaining, string(c.Refill.Interval), c.Refill.Amount, day, utc(now)}
+}
+
+func insertRatelimits(ctx context.Context, tx *sqlx.Tx, keyID string, rls []Ratelimit) error {
+	if len(rls) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 5*len(rls))
+	for _, rl := range rls {
+		args = append(args, keyID, rl.Name, rl.Limit, rl.Duration.Milliseconds(), rl.AutoApply)
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_ratelimits (key_id, name, lim, duration_ms, auto_apply) VALUES `+
+		rows(len(rls), 5), args...)
+	if err != nil {
+		return fmt.Errorf("keystore: insert ratelimits: %w", err)
+	}
+	return nil
+}
+
+// UpdateKey changes the Present fields of req and returns the key as
+// committed, including what other transactions committed before it. The key
+// row is locked first, so concurrent updates of one key apply one after the
+// other. Setting ExternalID links the found-or-created identity with the same
+// race safety as CreateKey.
+//
+// Errors: ErrInvalidInput when req is invalid; ErrNotFound when the key does
+// not exist, was deleted, belongs to another workspace, or a role does not
+// exist. In those cases nothing is written. Otherwise the errors of
+// [WithRetryTx].
+func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error) {
+	now := s.clock()
+	if err := req.validate(now); err != nil {
+		return Key{}, err
+	}
+	update, err := keyUpdate(req, now)
+	if err != nil {
+		return Key{}, err
+	}
+	return tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (Key, error) {
+		// The lock comes before any plain read, so the snapshot that the
+		// final read uses is taken after every earlier writer of this key
+		// committed.
+		var one int
+		err := tx.GetContext(ctx, &one, `SELECT 1 FROM keystore_keys
+			WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL FOR UPDATE`, req.KeyID, req.WorkspaceID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return Key{}, fmt.Errorf("keystore: key %q: %w", req.KeyID, ErrNotFound)
+		}
+		if err != nil {
+			return Key{}, fmt.Errorf("keystore: lock key: %w", err)
+		}
+		sets, args := update.sets, update.args
+		if ext, ok := req.ExternalID.Value(); ok {
+			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, ext)
+			if err != nil {
+				return Key{}, err
+			}
+			if !identity.created {
+				if err := lockIdentity(ctx, tx, identity.ID); err != nil {
+					return Key{}, err
+				}
+			}
+			sets, args = append(sets, "identity_id = ?"), append(args, identity.ID)
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE keystore_keys SET `+strings.Join(sets, ", ")+` WHERE id = ?`,
+			append(args, req.KeyID)...)
+		if err != nil {
+			return Key{}, fmt.Errorf("keystore: update key: %w", err)
+		}
+		if req.Ratelimits.Present() {
+			if err := replaceRatelimits(ctx, tx, req.KeyID, valueOrZero(req.Ratelimits)); err != nil {
+				return Key{}, err
+			}
+		}
+		if req.Permissions.Present() {
+			slugs := sortedUnique(valueOrZero(req.Permissions))
+			if err := ensurePermissions(ctx, tx, now, req.WorkspaceID, slugs); err != nil {
+				return Key{}, err
+			}
+			if err := deleteLinks(ctx, tx, "keystore_key_permissions", req.KeyID); err != nil {
+				return Key{}, err
+			}
+			if err := linkPermissions(ctx, tx, req.KeyID, req.WorkspaceID, slugs); err != nil {
+				return Key{}, err
+			}
+		}
+		if req.Roles.Present() {
+			if err := deleteLinks(ctx, tx, "keystore_key_roles", req.KeyID); err != nil {
+				return Key{}, err
+			}
+			if err := linkRoles(ctx, tx, req.KeyID, req.WorkspaceID, sortedUnique(valueOrZero(req.Roles))); err != nil {
+				return Key{}, err
+			}
+		}
+		return getKey(ctx, tx, req.WorkspaceID, req.KeyID)
+	})
+}
+
+// columnUpdate is the SET list of an UPDATE of keystore_keys.
+type columnUpdate struct {
+	sets []string
+	args []any
+}
+
+func (u *columnUpdate) set(column string, value any) {
+	u.sets = append(u.sets, column+" = ?")
+	u.args = append(u.args, value)
+}
+
+// keyUpdate turns the scalar fields of req into a SET list (identity
+// excluded: it needs the transaction).
+func keyUpdate(req UpdateKeyRequest, now time.Time) (columnUpdate, error) {
+	var u columnUpdate
+	u.set("updated_at", utc(now))
+	if req.Name.Present() {
+		u.set("name", nullString(valueOrZero(req.Name)))
+	}
+	if req.ExternalID.IsNull() {
+		u.set("identity_id", nil)
+	}
+	if req.Meta.Present() {
+		meta, err := metaValue(valueOrZero(req.Meta))
+		if err != nil {
+			return u, err
+		}
+		u.set("meta", meta)
+	}
+	if req.Expires.Present() {
+		var expires any
+		if t, ok := req.Expires.Value(); ok {
+			expires = utc(t)
+		}
+		u.set("expires", expires)
+	}
+	if req.Credits.Present() {
+		var credits *Credits
+		if c, ok := req.Credits.Value(); ok {
+			credits = &c
+		}
+		for i, v := range creditColumns(credits, now) {
+			u.set([]string{"remaining", "refill_interval", "refill_amount", "refill_day", "refilled_at"}[i], v)
+		}
+	}
+	if enabled, ok := req.Enabled.Value(); ok {
+		u.set("enabled", enabled)
+	}
+	return u, nil
+}
+
+func replaceRatelimits(ctx context.Context, tx *sqlx.Tx, keyID string, rls []Ratelimit) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM keystore_ratelimits WHERE key_id = ?`, keyID); err != nil {
+		return fmt.Errorf("keystore: delete ratelimits: %w", err)
+	}
+	return insertRatelimits(ctx, tx, keyID, rls)
+}
+
+// deleteLinks removes every row of a link table for keyID. table is one of
+// the two link tables, never user input.
+func deleteLinks(ctx context.Context, tx *sqlx.Tx, table, keyID string) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE key_id = ?`, keyID); err != nil {
+		return fmt.Errorf("keystore: delete from %s: %w", table, err)
+	}
+	return nil
+}
+
+func valueOrZero[T any](f Field[T]) T {
+	v, _ := f.Value()
+	return v
+}
+
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}

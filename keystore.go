@@ -1,0 +1,80 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// Store persists keys and the identities that own them. It is safe for
+// concurrent use by any number of goroutines and processes: every write runs
+// in one [WithRetryTx] transaction, so concurrent callers all succeed and
+// nothing is half-written.
+type Store struct {
+	db    *sqlx.DB
+	now   func() time.Time
+	log   *slog.Logger
+	retry []RetryOption
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithRetryOptions sets the retry policy of the Store's transactions; see
+// [MaxAttempts], [Backoff] and [OnRetry]. The defaults are those of
+// [WithRetryTx].
+func WithRetryOptions(opts ...RetryOption) Option {
+	return func(s *Store) { s.retry = append(s.retry, opts...) }
+}
+
+// WithClock sets the clock used for timestamps, expiry checks and refills.
+// The default is time.Now.
+func WithClock(now func() time.Time) Option {
+	return func(s *Store) { s.now = now }
+}
+
+// WithLogger sets the logger for retries and other events. The default
+// discards everything. Key plaintext is never logged.
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Store) { s.log = l }
+}
+
+// New returns a Store on db, the primary (read-write) server. It does no I/O;
+// call [Store.Migrate] once to create the schema.
+//
+// The DSN of db should set interpolateParams=true (one round trip per
+// statement instead of three). parseTime may be on or off.
+func New(db *sqlx.DB, opts ...Option) (*Store, error) {
+	if db == nil {
+		return nil, errors.New("keystore: New: db is nil")
+	}
+	if name := db.DriverName(); name != "mysql" {
+		return nil, fmt.Errorf("keystore: New: driver %q is not supported, use github.com/go-sql-driver/mysql (\"mysql\")", name)
+	}
+	s := &Store{db: db, now: time.Now, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.now == nil || s.log == nil {
+		return nil, errors.New("keystore: New: WithClock and WithLogger need a non-nil argument")
+	}
+	logRetry := OnRetry(func(attempt int, err error) {
+		s.log.Debug("keystore: retrying transaction", "attempt", attempt, "err", err)
+	})
+	s.retry = append([]RetryOption{logRetry}, s.retry...)
+	return s, nil
+}
+
+// tx runs fn in a retried transaction with the Store's retry policy.
+func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *sqlx.Tx) (T, error)) (T, error) {
+	return WithRetryTx(ctx, s.db, fn, s.retry...)
+}
+
+// clock returns the Store's current time in UTC, at the microsecond
+// precision the schema stores.
+func (s *Store) clock() time.Time { return s.now().UTC().Truncate(time.Microsecond) }

@@ -1,0 +1,87 @@
+-- keystore schema, version 1.
+-- Statements are separated by a line holding only ";" and run one at a time
+-- (the library never needs multiStatements). Each is idempotent.
+--
+-- Ids and names use binary collations: "User1" and "user1" are two identities.
+-- A live row has live = 1; a deleted row has live = NULL. NULLs never collide
+-- in a unique index, so a name can be deleted and created again any number of
+-- times while only one live row per name can exist.
+
+CREATE TABLE IF NOT EXISTS keystore_identities (
+  id           VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
+  workspace_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  external_id  VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  live         TINYINT NULL DEFAULT 1,
+  meta         LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  created_at   DATETIME(6) NOT NULL,
+  updated_at   DATETIME(6) NOT NULL,
+  deleted_at   DATETIME(6) NULL,
+  PRIMARY KEY (id),
+  UNIQUE KEY keystore_identities_live (workspace_id, external_id, live)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+;
+CREATE TABLE IF NOT EXISTS keystore_keys (
+  id              VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
+  workspace_id    VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  key_space_id    VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  hash            BINARY(32) NOT NULL,
+  start           VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  name            VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  identity_id     VARCHAR(64)  CHARACTER SET ascii COLLATE ascii_bin NULL,
+  meta            LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  expires         DATETIME(6) NULL,
+  enabled         TINYINT NOT NULL,
+  remaining       BIGINT NULL,
+  refill_interval VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NULL,
+  refill_amount   BIGINT NULL,
+  refill_day      TINYINT NULL,
+  refilled_at     DATETIME(6) NULL,
+  created_at      DATETIME(6) NOT NULL,
+  updated_at      DATETIME(6) NOT NULL,
+  deleted_at      DATETIME(6) NULL,
+  PRIMARY KEY (id),
+  UNIQUE KEY keystore_keys_hash (hash),
+  KEY keystore_keys_space (workspace_id, key_space_id, id),
+  KEY keystore_keys_identity (identity_id, id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+;
+CREATE TABLE IF NOT EXISTS keystore_permissions (
+  id           VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
+  workspace_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  slug         VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  created_at   DATETIME(6) NOT NULL,
+  PRIMARY KEY (id),
+  UNIQUE KEY keystore_permissions_slug (workspace_id, slug)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+;
+CREATE TABLE IF NOT EXISTS keystore_roles (
+  id           VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
+  workspace_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  name         VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  created_at   DATETIME(6) NOT NULL,
+  PRIMARY KEY (id),
+  UNIQUE KEY keystore_roles_name (workspace_id, name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+;
+CREATE TABLE IF NOT EXISTS keystore_key_permissions (
+  key_id        VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  permission_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  PRIMARY KEY (key_id, permission_id),
+  KEY keystore_key_permissions_permission (permission_id)
+) ENGINE=InnoDB
+;
+CREATE TABLE IF NOT EXISTS keystore_key_roles (
+  key_id  VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  role_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  PRIMARY KEY (key_id, role_id),
+  KEY keystore_key_roles_role (role_id)
+) ENGINE=InnoDB
+;
+CREATE TABLE IF NOT EXISTS keystore_ratelimits (
+  key_id      VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
+  name        VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  lim         BIGINT NOT NULL,
+  duration_ms BIGINT NOT NULL,
+  auto_apply  TINYINT NOT NULL,
+  PRIMARY KEY (key_id, name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin

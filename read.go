@@ -1,0 +1,126 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// GetKey returns the key keyID of workspaceID, read from the primary in one
+// statement. It returns an error matching ErrNotFound when the key does not
+// exist, was deleted, or belongs to another workspace.
+func (s *Store) GetKey(ctx context.Context, workspaceID, keyID string) (Key, error) {
+	return getKey(ctx, s.db, workspaceID, keyID)
+}
+
+// FindIdentity returns the live identity of externalID in workspaceID, or an
+// error matching ErrNotFound.
+func (s *Store) FindIdentity(ctx context.Context, workspaceID, externalID string) (Identity, error) {
+	var row identityRow
+	err := s.db.GetContext(ctx, &row, selectIdentity, workspaceID, externalID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Identity{}, fmt.Errorf("keystore: identity %q: %w", externalID, ErrNotFound)
+	}
+	if err != nil {
+		return Identity{}, fmt.Errorf("keystore: find identity: %w", err)
+	}
+	return row.identity(), nil
+}
+
+type identityRow struct {
+	ID          string `db:"id"`
+	WorkspaceID string `db:"workspace_id"`
+	ExternalID  string `db:"external_id"`
+	CreatedAt   dbTime `db:"created_at"`
+	created     bool
+}
+
+func (r identityRow) identity() Identity {
+	return Identity{ID: r.ID, WorkspaceID: r.WorkspaceID, ExternalID: r.ExternalID, CreatedAt: r.CreatedAt.Time}
+}
+
+// keyRow is one row of selectKey.
+type keyRow struct {
+	ID             string                      `db:"id"`
+	WorkspaceID    string                      `db:"workspace_id"`
+	KeySpaceID     string                      `db:"key_space_id"`
+	Start          string                      `db:"start"`
+	Name           sql.NullString              `db:"name"`
+	IdentityID     sql.NullString              `db:"identity_id"`
+	ExternalID     sql.NullString              `db:"external_id"`
+	Meta           jsonColumn[map[string]any]  `db:"meta"`
+	Expires        dbTime                      `db:"expires"`
+	Enabled        bool                        `db:"enabled"`
+	Remaining      sql.NullInt64               `db:"remaining"`
+	RefillInterval sql.NullString              `db:"refill_interval"`
+	RefillAmount   sql.NullInt64               `db:"refill_amount"`
+	RefillDay      sql.NullInt64               `db:"refill_day"`
+	CreatedAt      dbTime                      `db:"created_at"`
+	UpdatedAt      dbTime                      `db:"updated_at"`
+	Permissions    jsonColumn[[]string]        `db:"permissions"`
+	Roles          jsonColumn[[]string]        `db:"roles"`
+	Ratelimits     jsonColumn[[]ratelimitJSON] `db:"ratelimits"`
+}
+
+type ratelimitJSON struct {
+	Name      string `json:"n"`
+	Limit     int64  `json:"l"`
+	Millis    int64  `json:"d"`
+	AutoApply int    `json:"a"`
+}
+
+// selectKey reads a key with its owner and all its sets in one statement.
+const selectKey = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name, k.identity_id,
+	i.external_id, k.meta, k.expires, k.enabled, k.remaining, k.refill_interval,
+	k.refill_amount, k.refill_day, k.created_at, k.updated_at,
+	(SELECT JSON_ARRAYAGG(p.slug) FROM keystore_key_permissions kp
+		JOIN keystore_permissions p ON p.id = kp.permission_id WHERE kp.key_id = k.id) AS permissions,
+	(SELECT JSON_ARRAYAGG(r.name) FROM keystore_key_roles kr
+		JOIN keystore_roles r ON r.id = kr.role_id WHERE kr.key_id = k.id) AS roles,
+	(SELECT JSON_ARRAYAGG(JSON_OBJECT('n', rl.name, 'l', rl.lim, 'd', rl.duration_ms, 'a', rl.auto_apply))
+		FROM keystore_ratelimits rl WHERE rl.key_id = k.id) AS ratelimits
+FROM keystore_keys k LEFT JOIN keystore_identities i ON i.id = k.identity_id
+WHERE k.id = ? AND k.workspace_id = ? AND k.deleted_at IS NULL`
+
+func getKey(ctx context.Context, q sqlx.QueryerContext, workspaceID, keyID string) (Key, error) {
+	var row keyRow
+	err := sqlx.GetContext(ctx, q, &row, selectKey, keyID, workspaceID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Key{}, fmt.Errorf("keystore: key %q: %w", keyID, ErrNotFound)
+	}
+	if err != nil {
+		return Key{}, fmt.Errorf("keystore: get key: %w", err)
+	}
+	return row.key(), nil
+}
+
+func (r keyRow) key() Key {
+	k := Key{
+		ID: r.ID, WorkspaceID: r.WorkspaceID, KeySpaceID: r.KeySpaceID, Start: r.Start,
+		Name: r.Name.String, IdentityID: r.IdentityID.String, ExternalID: r.ExternalID.String,
+		Meta: r.Meta.V, Expires: r.Expires.ptr(), Enabled: r.Enabled,
+		Permissions: r.Permissions.V, Roles: r.Roles.V,
+		CreatedAt: r.CreatedAt.Time, UpdatedAt: r.UpdatedAt.Time,
+	}
+	slices.Sort(k.Permissions)
+	slices.Sort(k.Roles)
+	if r.Remaining.Valid {
+		k.Credits = &Credits{Remaining: r.Remaining.Int64}
+		if r.RefillInterval.Valid {
+			k.Credits.Refill = &Refill{Interval: RefillInterval(r.RefillInterval.String),
+				Amount: r.RefillAmount.Int64, Day: int(r.RefillDay.Int64)}
+		}
+	}
+	for _, rl := range r.Ratelimits.V {
+		k.Ratelimits = append(k.Ratelimits, Ratelimit{Name: rl.Name, Limit: rl.Limit,
+			Duration: time.Duration(rl.Millis) * time.Millisecond, AutoApply: rl.AutoApply != 0})
+	}
+	slices.SortFunc(k.Ratelimits, func(a, b Ratelimit) int { return strings.Compare(a.Name, b.Name) })
+	return k
+}

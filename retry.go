@@ -1,0 +1,156 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// TxBeginner starts transactions; *sqlx.DB satisfies it.
+type TxBeginner interface {
+	BeginTxx(ctx context.Context, opts *sql.TxOptions) (*sqlx.Tx, error)
+}
+
+var _ TxBeginner = (*sqlx.DB)(nil)
+
+// Retry defaults. A hot burst of 64 goroutines on one new identity finishes
+// without a single retry on one server (the identity protocol does not
+// deadlock); retries are for deadlocks between unrelated writers, lock-wait
+// timeouts and connections lost before COMMIT. Ten attempts with backoff
+// capped at a quarter second bound a failing call to about 1.5 s of sleeping.
+const (
+	DefaultMaxAttempts = 10
+	DefaultBackoffBase = 5 * time.Millisecond
+	DefaultBackoffMax  = 250 * time.Millisecond
+)
+
+// RetryOption configures [WithRetryTx].
+type RetryOption func(*retryConfig)
+
+type retryConfig struct {
+	maxAttempts int
+	base, max   time.Duration
+	onRetry     []func(attempt int, err error)
+}
+
+// MaxAttempts sets how many times the transaction runs at most, counting the
+// first. Values below 1 mean 1 (no retry). Default [DefaultMaxAttempts].
+func MaxAttempts(n int) RetryOption {
+	return func(c *retryConfig) { c.maxAttempts = max(n, 1) }
+}
+
+// Backoff sets the sleep before retry n (n = 1, 2, ...) to a random duration
+// in [0, min(max, base·2^(n-1))) ("full jitter"). Defaults
+// [DefaultBackoffBase] and [DefaultBackoffMax]. A base of 0 disables sleeping.
+func Backoff(base, max time.Duration) RetryOption {
+	return func(c *retryConfig) { c.base, c.max = base, max }
+}
+
+// OnRetry registers f, called after attempt number attempt failed with the
+// retryable err and before the backoff sleep. Several OnRetry options all run,
+// in order. f must be quick and must not block.
+func OnRetry(f func(attempt int, err error)) RetryOption {
+	return func(c *retryConfig) { c.onRetry = append(c.onRetry, f) }
+}
+
+// WithRetryTx runs fn in a transaction on db and commits it, running the
+// whole transaction again (a fresh BEGIN..COMMIT) when it fails with an error
+// for which [IsRetryable] is true: deadlock (1213, also reported by Galera at
+// COMMIT), lock-wait timeout (1205), MariaDB's 1020, or a connection lost
+// before COMMIT was sent. Between attempts it rolls back and then sleeps (see
+// [Backoff]); ctx cancels the sleep and the statements.
+//
+// fn may run several times, so it must have no effects outside tx (no
+// channel sends, no external calls, no appending to outer slices that is not
+// undone), and it must return database errors unchanged or wrapped with %w,
+// or they will not be recognised as retryable. A panic in fn rolls back and
+// re-panics.
+//
+// Errors: fn's own error if it is not retryable; an error matching
+// [ErrRetriesExhausted] (a *RetryError wrapping the last cause) when every
+// attempt failed; an error matching [ErrAmbiguousCommit] when the connection
+// failed after COMMIT was sent, which is never retried because the
+// transaction may have been applied; ctx.Err() (wrapped) when ctx ends.
+//
+// COMMIT takes no context (database/sql), so a COMMIT whose reply never
+// comes is bounded only by the DSN's readTimeout and writeTimeout; set them.
+func WithRetryTx[T any](ctx context.Context, db TxBeginner, fn func(ctx context.Context, tx *sqlx.Tx) (T, error), opts ...RetryOption) (T, error) {
+	cfg := retryConfig{maxAttempts: DefaultMaxAttempts, base: DefaultBackoffBase, max: DefaultBackoffMax}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	var zero T
+	for attempt := 1; ; attempt++ {
+		v, err := runTx(ctx, db, fn)
+		if err == nil {
+			return v, nil
+		}
+		if !retryableAttempt(err) {
+			return zero, err
+		}
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return zero, fmt.Errorf("keystore: %w (after: %v)", ctxErr, err)
+		}
+		if attempt >= cfg.maxAttempts {
+			return zero, &RetryError{Attempts: attempt, Err: err}
+		}
+		for _, f := range cfg.onRetry {
+			f(attempt, err)
+		}
+		if sleepErr := sleep(ctx, cfg.backoff(attempt)); sleepErr != nil {
+			return zero, fmt.Errorf("keystore: %w (during backoff after: %v)", sleepErr, err)
+		}
+	}
+}
+
+// runTx is one attempt: BEGIN, fn, COMMIT, with rollback on any failure.
+func runTx[T any](ctx context.Context, db TxBeginner, fn func(ctx context.Context, tx *sqlx.Tx) (T, error)) (v T, err error) {
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return v, err
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			_ = tx.Rollback()
+			panic(p)
+		}
+	}()
+	v, err = fn(ctx, tx)
+	if err != nil {
+		_ = tx.Rollback()
+		return v, err
+	}
+	if err := tx.Commit(); err != nil {
+		return v, commitError(ctx, err)
+	}
+	return v, nil
+}
+
+func (c *retryConfig) backoff(attempt int) time.Duration {
+	if c.base <= 0 || c.max <= 0 {
+		return 0
+	}
+	ceiling := c.max
+	if shift := attempt - 1; shift < 32 && c.base<<shift > 0 && c.base<<shift < c.max {
+		ceiling = c.base << shift
+	}
+	return rand.N(ceiling)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
