@@ -191,8 +191,8 @@ func (s *Store) EnsureIdentity(ctx context.Context, workspaceID, externalID stri
 }
 
 func validateIdentityRef(workspaceID, externalID string) error {
-	if err := validateName("WorkspaceID", workspaceID, 255); err != nil {
+	if err := validateID("WorkspaceID", workspaceID, limitIDChars); err != nil {
 		return err
 	}
-	return validateName("ExternalID", externalID, 255)
+	return validateID("ExternalID", externalID, limitIDChars)
 }

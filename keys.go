@@ -149,9 +149,10 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 		return Key{}, err
 	}
 	return tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (Key, error) {
-		// The lock comes before any plain read, so the snapshot that the
-		// final read uses is taken after every earlier writer of this key
-		// committed.
+		// The key row is locked first, so concurrent updates of one key
+		// apply one after the other, and the final read (at READ
+		// COMMITTED) sees every row committed before it, including an
+		// identity or permission a racing transaction just created.
 		var one int
 		err := tx.GetContext(ctx, &one, `SELECT 1 FROM keystore_keys
 			WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL FOR UPDATE`, req.KeyID, req.WorkspaceID)
@@ -205,7 +206,7 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 			}
 		}
 		return getKey(ctx, tx, req.WorkspaceID, req.KeyID)
-	})
+	}, readCommitted)
 }
 
 // columnUpdate is the SET list of an UPDATE of keystore_keys.

@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -70,10 +71,16 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 	return s, nil
 }
 
-// tx runs fn in a retried transaction with the Store's retry policy.
-func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *sqlx.Tx) (T, error)) (T, error) {
-	return WithRetryTx(ctx, s.db, fn, s.retry...)
+// tx runs fn in a retried transaction with the Store's retry policy and
+// then extra.
+func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *sqlx.Tx) (T, error), extra ...RetryOption) (T, error) {
+	return WithRetryTx(ctx, s.db, fn, append(s.retry[:len(s.retry):len(s.retry)], extra...)...)
 }
+
+// readCommitted runs a transaction at READ COMMITTED, for transactions that
+// read back, after get-or-creates, rows that racing transactions committed
+// after this one's first read (a REPEATABLE READ snapshot would hide them).
+var readCommitted = TxOptions(&sql.TxOptions{Isolation: sql.LevelReadCommitted})
 
 // clock returns the Store's current time in UTC, at the microsecond
 // precision the schema stores.

@@ -22,6 +22,9 @@ func (s *Store) GetKey(ctx context.Context, workspaceID, keyID string) (Key, err
 // FindIdentity returns the live identity of externalID in workspaceID, or an
 // error matching ErrNotFound.
 func (s *Store) FindIdentity(ctx context.Context, workspaceID, externalID string) (Identity, error) {
+	if err := validateIdentityRef(workspaceID, externalID); err != nil {
+		return Identity{}, err
+	}
 	var row identityRow
 	err := s.db.GetContext(ctx, &row, selectIdentity, workspaceID, externalID)
 	if errors.Is(err, sql.ErrNoRows) {

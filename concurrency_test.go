@@ -1,0 +1,222 @@
+package keystore_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idsafe/keystore"
+	"github.com/jmoiron/sqlx"
+)
+
+// TestConcurrentCreateKeyOneNewExternalID is the incident this library exists
+// for: many callers create keys for one new externalId, with the same new
+// permissions, at the same moment.
+func TestConcurrentCreateKeyOneNewExternalID(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	const workers = 64
+	rounds := 5
+	if short() {
+		rounds = 2
+	}
+	for round := range rounds {
+		ext := fmt.Sprintf("user-%d", round)
+		perms := []string{fmt.Sprintf("r%d.read", round), fmt.Sprintf("r%d.write", round), "shared.perm"}
+		created := make([]keystore.CreatedKey, workers)
+		errs := parallel(workers, func(i int) error {
+			var err error
+			created[i], err = s.CreateKey(ctx, keystore.CreateKeyRequest{
+				WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: ext, Permissions: perms,
+				Ratelimits: []keystore.Ratelimit{{Name: "requests", Limit: 100, Duration: time.Minute},
+					{Name: fmt.Sprintf("tokens-%d", round), Limit: 5, Duration: time.Second}},
+			})
+			return err
+		})
+		failOnErrors(t, errs)
+
+		if n := count(t, db, `SELECT COUNT(*) FROM keystore_identities WHERE workspace_id = 'ws' AND external_id = ?`, ext); n != 1 {
+			t.Fatalf("round %d: %d identities for %s, want 1", round, n, ext)
+		}
+		identity, err := s.FindIdentity(ctx, "ws", ext)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range created {
+			if c.IdentityID != identity.ID {
+				t.Fatalf("round %d: key %s got identity %q, want %q", round, c.KeyID, c.IdentityID, identity.ID)
+			}
+		}
+		for _, p := range perms {
+			if n := count(t, db, `SELECT COUNT(*) FROM keystore_permissions WHERE workspace_id = 'ws' AND slug = ?`, p); n != 1 {
+				t.Fatalf("round %d: %d rows for permission %s, want 1", round, n, p)
+			}
+		}
+		// Every key is complete: owner, all permissions, both ratelimits.
+		if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE identity_id = ?`, identity.ID); n != workers {
+			t.Fatalf("round %d: %d keys linked to the identity, want %d", round, n, workers)
+		}
+		if n := count(t, db, `SELECT COUNT(*) FROM keystore_key_permissions kp JOIN keystore_keys k ON k.id = kp.key_id
+			WHERE k.identity_id = ?`, identity.ID); n != workers*len(perms) {
+			t.Fatalf("round %d: %d permission links, want %d", round, n, workers*len(perms))
+		}
+		if n := count(t, db, `SELECT COUNT(*) FROM keystore_ratelimits rl JOIN keystore_keys k ON k.id = rl.key_id
+			WHERE k.identity_id = ?`, identity.ID); n != workers*2 {
+			t.Fatalf("round %d: %d ratelimits, want %d", round, n, workers*2)
+		}
+	}
+}
+
+func TestConcurrentUpdateKeyLinksOneNewExternalID(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	const workers = 32
+	for round := range 3 {
+		keys := make([]string, workers)
+		for i := range keys {
+			c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys[i] = c.KeyID
+		}
+		ext := fmt.Sprintf("owner-%d", round)
+		errs := parallel(workers, func(i int) error {
+			k, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: keys[i],
+				ExternalID: keystore.Set(ext), Permissions: keystore.Set([]string{"linked." + ext})})
+			if err == nil && (k.ExternalID != ext || k.IdentityID == "") {
+				err = fmt.Errorf("returned key has owner %q/%q, want %q", k.IdentityID, k.ExternalID, ext)
+			}
+			return err
+		})
+		failOnErrors(t, errs)
+		if n := count(t, db, `SELECT COUNT(*) FROM keystore_identities WHERE external_id = ?`, ext); n != 1 {
+			t.Fatalf("%d identities for %s, want 1", n, ext)
+		}
+		if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys k JOIN keystore_identities i ON i.id = k.identity_id
+			WHERE i.external_id = ?`, ext); n != workers {
+			t.Fatalf("%d keys linked to %s, want %d", n, ext, workers)
+		}
+		if n := count(t, db, `SELECT COUNT(*) FROM keystore_permissions WHERE slug = ?`, "linked."+ext); n != 1 {
+			t.Fatalf("%d permission rows, want 1", n)
+		}
+	}
+}
+
+// Creates and updates whose permission sets arrive in opposite orders, with
+// new slugs every round, must not surface a deadlock.
+func TestOppositeOrderPermissionSets(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	const workers = 32
+	rounds := 10
+	if short() {
+		rounds = 3
+	}
+	existing := make([]string, workers)
+	for i := range existing {
+		c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		existing[i] = c.KeyID
+	}
+	for round := range rounds {
+		set := make([]string, 8)
+		for i := range set {
+			set[i] = fmt.Sprintf("p%02d.%d", round, i)
+		}
+		reversed := slices.Clone(set)
+		slices.Reverse(reversed)
+		errs := parallel(workers, func(i int) error {
+			perms := set
+			if i%2 == 1 {
+				perms = reversed
+			}
+			if i%4 < 2 {
+				_, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+					ExternalID: fmt.Sprintf("o%d", i%3), Permissions: perms,
+					Ratelimits: []keystore.Ratelimit{{Name: "a", Limit: 1, Duration: time.Second}, {Name: "b", Limit: 1, Duration: time.Second}}})
+				return err
+			}
+			_, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: existing[i],
+				Permissions: keystore.Set(perms), ExternalID: keystore.Set(fmt.Sprintf("o%d", i%3))})
+			return err
+		})
+		failOnErrors(t, errs)
+		for _, slug := range set {
+			if n := count(t, db, `SELECT COUNT(*) FROM keystore_key_permissions kp JOIN keystore_permissions p
+				ON p.id = kp.permission_id WHERE p.slug = ?`, slug); n != workers {
+				t.Fatalf("round %d: %d keys hold %s, want %d", round, n, slug, workers)
+			}
+		}
+	}
+}
+
+// Two transactions that lock two rows in opposite orders deadlock for real;
+// WithRetryTx runs the loser again and both apply exactly once.
+func TestWithRetryTxResolvesRealDeadlock(t *testing.T) {
+	_, db := newStore(t)
+	ctx := context.Background()
+	db.MustExec(`CREATE TABLE counters (id INT PRIMARY KEY, n INT NOT NULL, writes INT NOT NULL DEFAULT 0)`)
+	db.MustExec(`INSERT INTO counters (id, n) VALUES (1, 0), (2, 0)`)
+
+	var retries atomic.Int32
+	var deadlocks atomic.Int32
+	onRetry := keystore.OnRetry(func(attempt int, err error) {
+		retries.Add(1)
+		if keystore.IsDeadlock(err) {
+			deadlocks.Add(1)
+		}
+	})
+	for round := range 5 {
+		// Both transactions take their first lock, then wait for each other
+		// before taking the second, so the server must see a cycle.
+		firstLocked := make(chan struct{}, 2)
+		bothLocked := make(chan struct{})
+		var once atomic.Bool
+		go func() {
+			<-firstLocked
+			<-firstLocked
+			close(bothLocked)
+		}()
+		lockInOrder := func(first, second int) func(context.Context, *sqlx.Tx) (int, error) {
+			return func(ctx context.Context, tx *sqlx.Tx) (int, error) {
+				if _, err := tx.ExecContext(ctx, `UPDATE counters SET n = n + 1, writes = writes + 1 WHERE id = ?`, first); err != nil {
+					return 0, err
+				}
+				if !once.Load() {
+					firstLocked <- struct{}{}
+					select {
+					case <-bothLocked:
+					case <-time.After(2 * time.Second):
+					}
+				}
+				if _, err := tx.ExecContext(ctx, `UPDATE counters SET n = n + 1, writes = writes + 1 WHERE id = ?`, second); err != nil {
+					once.Store(true)
+					return 0, err
+				}
+				return first, nil
+			}
+		}
+		errs := parallel(2, func(i int) error {
+			_, err := keystore.WithRetryTx(ctx, db, lockInOrder(1+i, 2-i), onRetry, keystore.Backoff(time.Millisecond, 10*time.Millisecond))
+			return err
+		})
+		failOnErrors(t, errs)
+		var n1, n2 int
+		if err := db.QueryRow(`SELECT (SELECT n FROM counters WHERE id = 1), (SELECT n FROM counters WHERE id = 2)`).Scan(&n1, &n2); err != nil {
+			t.Fatal(err)
+		}
+		want := 2 * (round + 1)
+		if n1 != want || n2 != want {
+			t.Fatalf("round %d: counters %d, %d, want %d each: a transaction was applied twice or lost", round, n1, n2, want)
+		}
+	}
+	if deadlocks.Load() < 5 {
+		t.Fatalf("saw %d deadlock retries in 5 rounds, want at least 5 (retries %d)", deadlocks.Load(), retries.Load())
+	}
+}

@@ -1,0 +1,102 @@
+package keystore_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/keystoretest"
+	"github.com/jmoiron/sqlx"
+)
+
+func TestMain(m *testing.M) { keystoretest.Main(m) }
+
+// newStore returns a Store on a fresh, migrated database and a handle on the
+// same database for checking what was written.
+func newStore(t testing.TB, opts ...keystore.Option) (*keystore.Store, *sqlx.DB) {
+	t.Helper()
+	db := keystoretest.DB(t)
+	s, err := keystore.New(db, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s, db
+}
+
+// count runs a SELECT COUNT(*) query.
+func count(t testing.TB, db *sqlx.DB, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := db.Get(&n, query, args...); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n
+}
+
+var allTables = []string{"keystore_identities", "keystore_keys", "keystore_permissions", "keystore_roles",
+	"keystore_key_permissions", "keystore_key_roles", "keystore_ratelimits"}
+
+// rowsInAllTables counts the rows of every keystore table.
+func rowsInAllTables(t testing.TB, db *sqlx.DB) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, table := range allTables {
+		out[table] = count(t, db, "SELECT COUNT(*) FROM "+table)
+	}
+	return out
+}
+
+// createRole inserts a role directly (role management is a later feature).
+func createRole(t testing.TB, db *sqlx.DB, workspaceID, name string) {
+	t.Helper()
+	db.MustExec(`INSERT INTO keystore_roles (id, workspace_id, name, created_at) VALUES (?, ?, ?, NOW(6))`,
+		"role_"+workspaceID+"_"+name, workspaceID, name)
+}
+
+// parallel runs f(i) for i in [0, n) in n goroutines started together and
+// returns the errors they returned.
+func parallel(n int, f func(i int) error) []error {
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = f(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	var failed []error
+	for i, err := range errs {
+		if err != nil {
+			failed = append(failed, fmt.Errorf("goroutine %d: %w", i, err))
+		}
+	}
+	return failed
+}
+
+func failOnErrors(t testing.TB, errs []error) {
+	t.Helper()
+	for i, err := range errs {
+		if i == 5 {
+			t.Errorf("... and %d more", len(errs)-5)
+			break
+		}
+		t.Error(err)
+	}
+	if len(errs) > 0 {
+		t.FailNow()
+	}
+}
+
+// short reports whether to run the reduced version of long tests.
+func short() bool { return testing.Short() || os.Getenv("KEYSTORE_QUICK") != "" }
