@@ -1,0 +1,377 @@
+package keystore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/keystoretest"
+	"github.com/jmoiron/sqlx"
+)
+
+func TestCreateKeyStoresEverything(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	createRole(t, db, "ws", "admin")
+	createRole(t, db, "ws", "billing")
+	expires := time.Now().Add(time.Hour).UTC().Truncate(time.Microsecond)
+	req := keystore.CreateKeyRequest{
+		WorkspaceID: "ws", KeySpaceID: "ks", Prefix: "sk_live", ByteLength: 24, ExternalID: "User1",
+		Name: "ci key", Meta: map[string]any{"plan": "pro", "seats": 3.0}, Expires: &expires,
+		Credits: &keystore.Credits{Remaining: 7, Refill: &keystore.Refill{Interval: keystore.RefillMonthly, Amount: 100, Day: 31}},
+		Ratelimits: []keystore.Ratelimit{{Name: "rps", Limit: 10, Duration: time.Second, AutoApply: true},
+			{Name: "daily", Limit: 1000, Duration: 24 * time.Hour}},
+		Permissions: []string{"keys.write", "keys.read", "keys.read"},
+		Roles:       []string{"billing", "admin"},
+		Disabled:    true,
+	}
+	created, err := s.CreateKey(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(created.Key, "sk_live_") || !strings.HasPrefix(created.KeyID, "key_") || !strings.HasPrefix(created.IdentityID, "id_") {
+		t.Fatalf("unexpected ids or key: %+v", created)
+	}
+	k, err := s.GetKey(ctx, "ws", created.KeyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := keystore.Key{
+		ID: created.KeyID, WorkspaceID: "ws", KeySpaceID: "ks", Start: created.Key[:len("sk_live_")+4],
+		Name: "ci key", IdentityID: created.IdentityID, ExternalID: "User1", Meta: req.Meta, Expires: &expires,
+		Credits:     req.Credits,
+		Ratelimits:  []keystore.Ratelimit{req.Ratelimits[1], req.Ratelimits[0]},
+		Permissions: []string{"keys.read", "keys.write"}, Roles: []string{"admin", "billing"}, Enabled: false,
+	}
+	if time.Since(k.CreatedAt).Abs() > time.Minute || !k.UpdatedAt.Equal(k.CreatedAt) {
+		t.Fatalf("timestamps: created %v, updated %v", k.CreatedAt, k.UpdatedAt)
+	}
+	if got, w := describe(k), describe(want); got != w {
+		t.Fatalf("GetKey:\n got %s\nwant %s", got, w)
+	}
+	// External ids compare exactly: "user1" is another identity.
+	other, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "user1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.IdentityID == created.IdentityID {
+		t.Fatal("User1 and user1 share an identity: external ids must be case-sensitive")
+	}
+}
+
+// describe prints a Key with its pointers followed and without timestamps,
+// for comparing keys.
+func describe(k keystore.Key) string {
+	out := fmt.Sprintf("%s %s %s %q %q %s %s %v %v %v %v %v %v", k.ID, k.WorkspaceID, k.KeySpaceID, k.Start, k.Name,
+		k.IdentityID, k.ExternalID, k.Meta, k.Ratelimits, k.Permissions, k.Roles, k.Enabled, k.Expires != nil)
+	if k.Expires != nil {
+		out += " expires " + k.Expires.UTC().Format(time.RFC3339Nano)
+	}
+	if k.Credits != nil {
+		out += fmt.Sprintf(" credits %d", k.Credits.Remaining)
+		if k.Credits.Refill != nil {
+			out += fmt.Sprintf(" refill %+v", *k.Credits.Refill)
+		}
+	}
+	return out
+}
+
+// The plaintext key is returned once and stored nowhere.
+func TestPlaintextKeyIsNeverStored(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	created, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Prefix: "pk",
+		ExternalID: "u", Name: "n", Meta: map[string]any{"m": "v"}, Permissions: []string{"p"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := strings.TrimPrefix(created.Key, "pk_")
+	var columns []struct {
+		Table  string `db:"TABLE_NAME"`
+		Column string `db:"COLUMN_NAME"`
+	}
+	if err := db.Select(&columns, `SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS
+		WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'keystore%'`); err != nil {
+		t.Fatal(err)
+	}
+	if len(columns) < 30 {
+		t.Fatalf("found only %d columns to scan", len(columns))
+	}
+	for _, c := range columns {
+		// Compare as bytes, hex and text alike: no column may hold the secret
+		// or any 12-character piece of it.
+		q := fmt.Sprintf("SELECT COUNT(*) FROM `%s` WHERE LOCATE(?, CAST(`%s` AS BINARY)) > 0 OR LOCATE(?, HEX(`%s`)) > 0",
+			c.Table, c.Column, c.Column)
+		for _, needle := range []string{created.Key, secret[:12], secret[len(secret)-12:]} {
+			if n := count(t, db, q, needle, strings.ToUpper(fmt.Sprintf("%x", needle))); n != 0 {
+				t.Fatalf("%s.%s contains (part of) the plaintext key", c.Table, c.Column)
+			}
+		}
+	}
+}
+
+func TestUpdateKeyTriState(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	createRole(t, db, "ws", "admin")
+	expires := time.Now().Add(time.Hour)
+	created, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "a",
+		Name: "before", Meta: map[string]any{"k": "v"}, Expires: &expires, Credits: &keystore.Credits{Remaining: 5},
+		Ratelimits: []keystore.Ratelimit{{Name: "r", Limit: 1, Duration: time.Second}}, Permissions: []string{"p1"}, Roles: []string{"admin"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An empty update changes nothing but updated_at.
+	k, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: created.KeyID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Name != "before" || k.ExternalID != "a" || k.Meta["k"] != "v" || k.Expires == nil || k.Credits == nil ||
+		len(k.Ratelimits) != 1 || len(k.Permissions) != 1 || len(k.Roles) != 1 || !k.Enabled {
+		t.Fatalf("an empty update changed the key: %+v", k)
+	}
+	// Set replaces.
+	k, err = s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: created.KeyID,
+		Name: keystore.Set("after"), ExternalID: keystore.Set("b"), Meta: keystore.Set(map[string]any{"x": 1.0}),
+		Credits:     keystore.Set(keystore.Credits{Remaining: 9, Refill: &keystore.Refill{Interval: keystore.RefillDaily, Amount: 9}}),
+		Ratelimits:  keystore.Set([]keystore.Ratelimit{{Name: "s", Limit: 2, Duration: time.Minute}}),
+		Permissions: keystore.Set([]string{"p3", "p2"}), Enabled: keystore.Set(false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Name != "after" || k.ExternalID != "b" || k.Meta["x"] != 1.0 || len(k.Meta) != 1 || k.Credits.Remaining != 9 ||
+		k.Credits.Refill.Interval != keystore.RefillDaily || len(k.Ratelimits) != 1 || k.Ratelimits[0].Name != "s" ||
+		strings.Join(k.Permissions, ",") != "p2,p3" || len(k.Roles) != 1 || k.Enabled {
+		t.Fatalf("Set did not apply: %+v", k)
+	}
+	if got, err := s.GetKey(ctx, "ws", created.KeyID); err != nil || describe(got) != describe(k) {
+		t.Fatalf("UpdateKey returned %+v, GetKey %+v (%v)", k, got, err)
+	}
+	// Null clears; Set of an empty slice clears too.
+	k, err = s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: created.KeyID,
+		Name: keystore.Null[string](), ExternalID: keystore.Null[string](), Meta: keystore.Null[map[string]any](),
+		Expires: keystore.Null[time.Time](), Credits: keystore.Null[keystore.Credits](),
+		Ratelimits: keystore.Null[[]keystore.Ratelimit](), Permissions: keystore.Set([]string{}), Roles: keystore.Null[[]string]()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Name != "" || k.IdentityID != "" || k.ExternalID != "" || k.Meta != nil || k.Expires != nil || k.Credits != nil ||
+		len(k.Ratelimits)+len(k.Permissions)+len(k.Roles) != 0 {
+		t.Fatalf("Null did not clear: %+v", k)
+	}
+	rows := rowsInAllTables(t, db)
+	if rows["keystore_key_permissions"]+rows["keystore_key_roles"]+rows["keystore_ratelimits"] != 0 {
+		t.Fatalf("links left behind: %v", rows)
+	}
+}
+
+func TestNotFound(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	created, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetKey(ctx, "other-ws", created.KeyID); !errors.Is(err, keystore.ErrNotFound) {
+		t.Fatalf("GetKey from another workspace: %v, want ErrNotFound", err)
+	}
+	if _, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "other-ws", KeyID: created.KeyID,
+		Name: keystore.Set("stolen")}); !errors.Is(err, keystore.ErrNotFound) {
+		t.Fatalf("UpdateKey in another workspace: %v, want ErrNotFound", err)
+	}
+	if _, err := s.FindIdentity(ctx, "ws", "nobody"); !errors.Is(err, keystore.ErrNotFound) {
+		t.Fatalf("FindIdentity: %v, want ErrNotFound", err)
+	}
+	// A missing role fails the whole create and names the role.
+	before := rowsInAllTables(t, db)
+	createRole(t, db, "ws", "admin")
+	_, err = s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "new-owner",
+		Permissions: []string{"new.perm"}, Roles: []string{"admin", "ghost"}})
+	if !errors.Is(err, keystore.ErrNotFound) || !strings.Contains(err.Error(), "ghost") {
+		t.Fatalf("missing role: %v, want ErrNotFound naming ghost", err)
+	}
+	after := rowsInAllTables(t, db)
+	after["keystore_roles"]--
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Fatalf("a failed CreateKey wrote rows: before %v, after %v", before, after)
+	}
+	if _, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: created.KeyID,
+		Name: keystore.Set("x"), Roles: keystore.Set([]string{"ghost"})}); !errors.Is(err, keystore.ErrNotFound) {
+		t.Fatalf("UpdateKey with a missing role: %v, want ErrNotFound", err)
+	}
+	if k, _ := s.GetKey(ctx, "ws", created.KeyID); k.Name != "" {
+		t.Fatalf("a failed UpdateKey applied its name: %q", k.Name)
+	}
+}
+
+// Every validation failure names its field and writes nothing.
+func TestValidationWritesNothing(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	past := time.Now().Add(-time.Minute)
+	valid := func() keystore.CreateKeyRequest {
+		return keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "owner",
+			Permissions: []string{"p.new"}, Ratelimits: []keystore.Ratelimit{{Name: "r", Limit: 1, Duration: time.Second}}}
+	}
+	cases := []struct {
+		field  string
+		modify func(*keystore.CreateKeyRequest)
+	}{
+		{"WorkspaceID", func(r *keystore.CreateKeyRequest) { r.WorkspaceID = "" }},
+		{"KeySpaceID", func(r *keystore.CreateKeyRequest) { r.KeySpaceID = strings.Repeat("k", 256) }},
+		{"Prefix", func(r *keystore.CreateKeyRequest) { r.Prefix = "sk-live" }},
+		{"ByteLength", func(r *keystore.CreateKeyRequest) { r.ByteLength = 8 }},
+		{"ExternalID", func(r *keystore.CreateKeyRequest) { r.ExternalID = "bad\x00id" }},
+		{"ExternalID", func(r *keystore.CreateKeyRequest) { r.ExternalID = "\xff\xfe" }},
+		{"Name", func(r *keystore.CreateKeyRequest) { r.Name = strings.Repeat("n", 1<<20) }},
+		{"Meta", func(r *keystore.CreateKeyRequest) { r.Meta = map[string]any{"big": strings.Repeat("x", 65<<10)} }},
+		{"Meta", func(r *keystore.CreateKeyRequest) { r.Meta = map[string]any{"ch": make(chan int)} }},
+		{"Expires", func(r *keystore.CreateKeyRequest) { r.Expires = &past }},
+		{"Credits.Remaining", func(r *keystore.CreateKeyRequest) { r.Credits = &keystore.Credits{Remaining: -1} }},
+		{"Credits.Refill.Amount", func(r *keystore.CreateKeyRequest) {
+			r.Credits = &keystore.Credits{Refill: &keystore.Refill{Interval: keystore.RefillDaily}}
+		}},
+		{"Credits.Refill.Day", func(r *keystore.CreateKeyRequest) {
+			r.Credits = &keystore.Credits{Refill: &keystore.Refill{Interval: keystore.RefillMonthly, Amount: 1, Day: 32}}
+		}},
+		{"Credits.Refill.Day", func(r *keystore.CreateKeyRequest) {
+			r.Credits = &keystore.Credits{Refill: &keystore.Refill{Interval: keystore.RefillDaily, Amount: 1, Day: 1}}
+		}},
+		{"Ratelimits[1].Name", func(r *keystore.CreateKeyRequest) { r.Ratelimits = append(r.Ratelimits, r.Ratelimits[0]) }},
+		{"Ratelimits[0].Limit", func(r *keystore.CreateKeyRequest) { r.Ratelimits[0].Limit = 0 }},
+		{"Ratelimits[0].Duration", func(r *keystore.CreateKeyRequest) { r.Ratelimits[0].Duration = time.Millisecond }},
+		{"Ratelimits", func(r *keystore.CreateKeyRequest) { r.Ratelimits = make([]keystore.Ratelimit, 51) }},
+		{"Permissions[1]", func(r *keystore.CreateKeyRequest) { r.Permissions = []string{"ok", "x'; DROP TABLE keystore_keys; --"} }},
+		{"Permissions", func(r *keystore.CreateKeyRequest) { r.Permissions = make([]string, 1001) }},
+		{"Roles[0]", func(r *keystore.CreateKeyRequest) { r.Roles = []string{""} }},
+		{"Roles", func(r *keystore.CreateKeyRequest) { r.Roles = make([]string, 101) }},
+	}
+	for _, c := range cases {
+		req := valid()
+		c.modify(&req)
+		_, err := s.CreateKey(ctx, req)
+		var ve *keystore.ValidationError
+		if !errors.Is(err, keystore.ErrInvalidInput) || !errors.As(err, &ve) || ve.Field != c.field {
+			t.Errorf("%s: err = %v, want a ValidationError for %s", c.field, err, c.field)
+		}
+	}
+	updates := []struct {
+		field string
+		req   keystore.UpdateKeyRequest
+	}{
+		{"KeyID", keystore.UpdateKeyRequest{WorkspaceID: "ws"}},
+		{"Enabled", keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: "key_x", Enabled: keystore.Null[bool]()}},
+		{"ExternalID", keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: "key_x", ExternalID: keystore.Set("")}},
+		{"Permissions[0]", keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: "key_x", Permissions: keystore.Set([]string{"a b"})}},
+	}
+	for _, c := range updates {
+		_, err := s.UpdateKey(ctx, c.req)
+		var ve *keystore.ValidationError
+		if !errors.As(err, &ve) || ve.Field != c.field || !errors.Is(err, keystore.ErrInvalidInput) {
+			t.Errorf("UpdateKey %s: err = %v", c.field, err)
+		}
+	}
+	for table, n := range rowsInAllTables(t, db) {
+		if n != 0 {
+			t.Errorf("%s has %d rows after invalid requests only", table, n)
+		}
+	}
+}
+
+// statements returns how many statements the server executed for f, which
+// must use db (a pool of one connection, so the session counter is f's).
+func statements(t testing.TB, db *sqlx.DB, f func()) int {
+	t.Helper()
+	questions := func() int {
+		var name string
+		var n int
+		if err := db.QueryRow(`SHOW SESSION STATUS LIKE 'Questions'`).Scan(&name, &n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := questions()
+	f()
+	return questions() - before - 1 // the second SHOW counts itself
+}
+
+// The statement budget of CreateKey: never more than the seed's
+// find-then-insert (4 with an existing identity, 5 with a new one).
+func TestCreateKeyStatementCount(t *testing.T) {
+	db, err := sqlx.Open("mysql", keystoretest.DSN(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	s, err := keystore.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rl := []keystore.Ratelimit{{Name: "a", Limit: 1, Duration: time.Second}, {Name: "b", Limit: 1, Duration: time.Second}}
+	cases := []struct {
+		name string
+		req  keystore.CreateKeyRequest
+		max  int
+	}{
+		{"no identity", keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"}, 3},
+		{"new identity", keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u1"}, 5},
+		{"existing identity", keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u1"}, 4},
+		{"new identity, 3 new permissions, 2 ratelimits", keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+			ExternalID: "u2", Permissions: []string{"a", "b", "c"}, Ratelimits: rl}, 9},
+		{"existing identity and permissions, 2 ratelimits", keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+			ExternalID: "u2", Permissions: []string{"a", "b", "c"}, Ratelimits: rl}, 8},
+	}
+	for _, c := range cases {
+		n := statements(t, db, func() {
+			if _, err := s.CreateKey(ctx, c.req); err != nil {
+				t.Fatal(err)
+			}
+		})
+		t.Logf("%s: %d statements", c.name, n)
+		if n > c.max {
+			t.Errorf("%s: %d statements, budget %d", c.name, n, c.max)
+		}
+	}
+	if n := statements(t, db, func() { s.GetKey(ctx, "ws", "key_none") }); n != 1 {
+		t.Errorf("GetKey: %d statements, want 1", n)
+	}
+}
+
+// The store works the same without parseTime in the DSN.
+func TestWithoutParseTime(t *testing.T) {
+	dsn := strings.Replace(keystoretest.DSN(t), "parseTime=true", "parseTime=false", 1)
+	db, err := sqlx.Open("mysql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s, err := keystore.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expires := time.Date(2099, 1, 2, 3, 4, 5, 6000, time.UTC)
+	created, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Expires: &expires, ExternalID: "e"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := s.GetKey(ctx, "ws", created.KeyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Expires == nil || !k.Expires.Equal(expires) || time.Since(k.CreatedAt).Abs() > time.Minute {
+		t.Fatalf("times read back wrong without parseTime: expires %v, created %v", k.Expires, k.CreatedAt)
+	}
+}
