@@ -1,0 +1,171 @@
+package mariadb
+
+import (
+	"context"
+	"database/sql"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql"
+)
+
+func TestStartQueryStop(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	began := time.Now()
+	s, err := Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("started MariaDB %s at %s in %v", s.Version(), s.Addr(), time.Since(began).Round(time.Millisecond))
+	stopped := false
+	defer func() {
+		if !stopped {
+			s.Stop()
+		}
+	}()
+
+	if p := s.port; p < portMin || p >= portMax {
+		t.Errorf("port %d outside [%d, %d)", p, portMin, portMax)
+	}
+	if want := "root@tcp(" + s.Addr() + ")/mysql?parseTime=true&interpolateParams=true"; s.DSN("mysql") != want {
+		t.Errorf("DSN = %q, want %q", s.DSN("mysql"), want)
+	}
+
+	db, err := sql.Open("mysql", s.DSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var version string
+	if err := db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if !strings.Contains(version, "MariaDB") || version != s.Version() {
+		t.Errorf("SELECT VERSION() = %q, Version() = %q", version, s.Version())
+	}
+
+	pid := s.Pid()
+	if pid == 0 {
+		t.Fatal("Pid() = 0 for a running server")
+	}
+	dir := s.dir
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stopped = true
+	// Stop has waited for the process (it is reaped), so the pid is gone.
+	if err := syscall.Kill(pid, 0); err != syscall.ESRCH {
+		t.Errorf("server pid %d still exists after Stop (kill 0: %v)", pid, err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("directory %s still exists after Stop (%v)", dir, err)
+	}
+	if err := s.Stop(); err != nil {
+		t.Errorf("second Stop: %v", err)
+	}
+}
+
+// TestKillRestart crashes the server and restarts it on the same data
+// directory and port: committed rows survive InnoDB's crash recovery.
+func TestKillRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+
+	exec := func(q string) {
+		t.Helper()
+		db, err := sql.Open("mysql", s.DSN(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec("CREATE DATABASE crash")
+	exec("CREATE TABLE crash.t (id INT PRIMARY KEY)")
+	exec("INSERT INTO crash.t VALUES (1), (2)")
+
+	dsn := s.DSN("crash")
+	s.Kill()
+	if s.Pid() != 0 {
+		t.Fatal("Pid() != 0 after Kill")
+	}
+	if err := s.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Restart(ctx); err == nil {
+		t.Error("Restart of a running server succeeded")
+	}
+	if s.DSN("crash") != dsn {
+		t.Logf("port changed on restart: %s -> %s", dsn, s.DSN("crash"))
+	}
+	db, err := sql.Open("mysql", s.DSN("crash"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM t").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("%d rows after crash recovery, want 2", n)
+	}
+}
+
+// TestTakenPort restarts a killed server while another process holds its
+// port: the first attempt fails with "Address already in use" and Restart
+// moves to another port.
+func TestTakenPort(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+
+	s.Kill()
+	taken := s.Addr()
+	l, err := net.Listen("tcp", taken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := s.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s.Addr() == taken {
+		t.Fatalf("restarted on the taken address %s", taken)
+	}
+	db, err := sql.Open("mysql", s.DSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.PingContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("moved from %s to %s", taken, s.Addr())
+}
+
+func TestTail(t *testing.T) {
+	if got := tail([]byte("a\nb\nc\n"), 2); got != "b\nc" {
+		t.Errorf("tail = %q", got)
+	}
+	if got := tail([]byte("a"), 5); got != "a" {
+		t.Errorf("tail = %q", got)
+	}
+}
