@@ -40,7 +40,8 @@ func count(t testing.TB, db *sqlx.DB, query string, args ...any) int {
 }
 
 var allTables = []string{"keystore_identities", "keystore_keys", "keystore_permissions", "keystore_roles",
-	"keystore_key_permissions", "keystore_key_roles", "keystore_ratelimits"}
+	"keystore_key_permissions", "keystore_key_roles", "keystore_ratelimits", "keystore_identity_ratelimits",
+	"keystore_role_permissions", "keystore_audit_events"}
 
 // rowsInAllTables counts the rows of every keystore table.
 func rowsInAllTables(t testing.TB, db *sqlx.DB) map[string]int {

@@ -22,9 +22,9 @@ import (
 // invalid; ErrNotFound when a role does not exist. In both cases nothing is
 // written. Otherwise the errors of [WithRetryTx].
 //
-// Statements: 4 when the identity exists (BEGIN, find identity, insert key,
-// COMMIT), 5 when it is new, plus 2 for permissions (new or not), 1 for roles
-// and 1 for ratelimits.
+// Statements: 5 when the identity exists (BEGIN, find identity, insert key,
+// audit event, COMMIT), 6 when it is new, plus 2 for permissions (new or
+// not), 1 for roles and 1 for ratelimits.
 func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error) {
 	now := s.clock()
 	if err := req.validate(now); err != nil {
@@ -40,12 +40,17 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 
 	identityID, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (string, error) {
 		var identityID string
+		events := []audit{{event: EventKeyCreate, keyID: keyID}}
 		if req.ExternalID != "" {
 			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, req.ExternalID)
 			if err != nil {
 				return "", err
 			}
 			identityID = identity.ID
+			events[0].identityID = identityID
+			if identity.created {
+				events = append(events, audit{event: EventIdentityCreate, identityID: identityID})
+			}
 		}
 		if err := ensurePermissions(ctx, tx, now, req.WorkspaceID, permissions); err != nil {
 			return "", err
@@ -63,7 +68,10 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 		if err := linkRoles(ctx, tx, keyID, req.WorkspaceID, roles); err != nil {
 			return "", err
 		}
-		return identityID, insertRatelimits(ctx, tx, keyID, req.Ratelimits)
+		if err := insertRatelimits(ctx, tx, keyID, req.Ratelimits); err != nil {
+			return "", err
+		}
+		return identityID, writeAudit(ctx, tx, now, req.WorkspaceID, events...)
 	})
 	if err != nil {
 		return CreatedKey{}, err
@@ -163,16 +171,18 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 			return Key{}, fmt.Errorf("keystore: lock key: %w", err)
 		}
 		sets, args := update.sets, update.args
+		events := []audit{{event: EventKeyUpdate, keyID: req.KeyID}}
 		if ext, ok := req.ExternalID.Value(); ok {
 			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, ext)
 			if err != nil {
 				return Key{}, err
 			}
-			if !identity.created {
-				if err := lockIdentity(ctx, tx, identity.ID); err != nil {
-					return Key{}, err
-				}
+			if identity.created {
+				events = append(events, audit{event: EventIdentityCreate, identityID: identity.ID})
+			} else if err := lockIdentity(ctx, tx, identity.ID); err != nil {
+				return Key{}, err
 			}
+			events[0].identityID = identity.ID
 			sets, args = append(sets, "identity_id = ?"), append(args, identity.ID)
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE keystore_keys SET `+strings.Join(sets, ", ")+` WHERE id = ?`,
@@ -204,6 +214,9 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 			if err := linkRoles(ctx, tx, req.KeyID, req.WorkspaceID, sortedUnique(valueOrZero(req.Roles))); err != nil {
 				return Key{}, err
 			}
+		}
+		if err := writeAudit(ctx, tx, now, req.WorkspaceID, events...); err != nil {
+			return Key{}, err
 		}
 		return getKey(ctx, tx, req.WorkspaceID, req.KeyID)
 	}, readCommitted)

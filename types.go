@@ -104,5 +104,68 @@ type Identity struct {
 	ID          string
 	WorkspaceID string
 	ExternalID  string
+	Meta        map[string]any
+	Ratelimits  []Ratelimit // sorted by name; returned by VerifyKey with the key's
 	CreatedAt   time.Time
+	UpdatedAt   time.Time
+}
+
+// UpdateIdentityRequest changes the Present fields of the live identity of
+// ExternalID. Ratelimits replaces the whole set.
+type UpdateIdentityRequest struct {
+	WorkspaceID string
+	ExternalID  string
+	Meta        Field[map[string]any]
+	Ratelimits  Field[[]Ratelimit]
+}
+
+// Role is a named set of permissions that keys can hold.
+type Role struct {
+	ID          string
+	WorkspaceID string
+	Name        string
+	Permissions []string // sorted
+	CreatedAt   time.Time
+}
+
+// Page is one page of a listing, in a stable order (creation order).
+type Page[T any] struct {
+	Items []T
+	// NextCursor, passed as the next request's Cursor, continues the
+	// listing; it is "" on the last page.
+	NextCursor string
+}
+
+// Paging limits of the List methods.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// ListKeysRequest lists the live keys of a key space, or of an identity when
+// ExternalID is set (then KeySpaceID may be empty, to list all its keys).
+type ListKeysRequest struct {
+	WorkspaceID string
+	KeySpaceID  string
+	ExternalID  string
+	Cursor      string // "" for the first page
+	Limit       int    // 0 means DefaultPageSize; at most MaxPageSize
+}
+
+// ListIdentitiesRequest lists the live identities of a workspace.
+type ListIdentitiesRequest struct {
+	WorkspaceID string
+	Cursor      string
+	Limit       int
+}
+
+// ListAuditEventsRequest lists the audit events of a workspace, oldest
+// first, optionally only those about one key, identity or role.
+type ListAuditEventsRequest struct {
+	WorkspaceID string
+	KeyID       string
+	IdentityID  string
+	RoleID      string
+	Cursor      string
+	Limit       int
 }

@@ -85,3 +85,33 @@ CREATE TABLE IF NOT EXISTS keystore_ratelimits (
   auto_apply  TINYINT NOT NULL,
   PRIMARY KEY (key_id, name)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+;
+CREATE TABLE IF NOT EXISTS keystore_identity_ratelimits (
+  identity_id VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
+  name        VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  lim         BIGINT NOT NULL,
+  duration_ms BIGINT NOT NULL,
+  auto_apply  TINYINT NOT NULL,
+  PRIMARY KEY (identity_id, name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+;
+CREATE TABLE IF NOT EXISTS keystore_role_permissions (
+  role_id       VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  permission_id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  PRIMARY KEY (role_id, permission_id),
+  KEY keystore_role_permissions_permission (permission_id)
+) ENGINE=InnoDB
+;
+-- One row per mutation, written in the mutation's own transaction.
+CREATE TABLE IF NOT EXISTS keystore_audit_events (
+  id           VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
+  workspace_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+  actor        VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  event        VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
+  key_id       VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NULL,
+  identity_id  VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NULL,
+  role_id      VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NULL,
+  created_at   DATETIME(6) NOT NULL,
+  PRIMARY KEY (id),
+  KEY keystore_audit_events_workspace (workspace_id, id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin

@@ -1,0 +1,125 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// Audit event types.
+const (
+	EventKeyCreate      = "key.create"
+	EventKeyUpdate      = "key.update"
+	EventKeyDelete      = "key.delete"
+	EventIdentityCreate = "identity.create"
+	EventIdentityUpdate = "identity.update"
+	EventIdentityDelete = "identity.delete"
+	EventRoleCreate     = "role.create"
+	EventRoleUpdate     = "role.update"
+	EventRoleDelete     = "role.delete"
+)
+
+// AuditEvent records one mutation. It is written in the mutation's own
+// transaction: if the transaction rolls back, so does its event, and a
+// transaction that was retried leaves exactly one.
+type AuditEvent struct {
+	ID          string
+	WorkspaceID string
+	Actor       string // from ContextWithActor; "" when none was given
+	Event       string // one of the Event* constants
+	KeyID       string // the targets; "" when not applicable
+	IdentityID  string
+	RoleID      string
+	CreatedAt   time.Time
+}
+
+type actorKey struct{}
+
+// ContextWithActor returns a context whose mutations are recorded in the
+// audit trail as done by actor (a user or service id of the caller's
+// choosing, at most 255 characters; longer ones are cut).
+func ContextWithActor(ctx context.Context, actor string) context.Context {
+	return context.WithValue(ctx, actorKey{}, actor)
+}
+
+func actorFrom(ctx context.Context) any {
+	actor, _ := ctx.Value(actorKey{}).(string)
+	if actor == "" {
+		return nil
+	}
+	if r := []rune(actor); len(r) > limitIDChars {
+		actor = string(r[:limitIDChars])
+	}
+	return actor
+}
+
+// audit is an event about to be written.
+type audit struct {
+	event                     string
+	keyID, identityID, roleID string
+}
+
+// writeAudit inserts events in one statement, in the caller's transaction.
+func writeAudit(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID string, events ...audit) error {
+	if len(events) == 0 {
+		return nil
+	}
+	actor := actorFrom(ctx)
+	args := make([]any, 0, 8*len(events))
+	for _, e := range events {
+		args = append(args, newID("evt"), workspaceID, actor, e.event,
+			nullString(e.keyID), nullString(e.identityID), nullString(e.roleID), utc(now))
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_audit_events
+		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at) VALUES `+rows(len(events), 8), args...)
+	if err != nil {
+		return fmt.Errorf("keystore: write audit event: %w", err)
+	}
+	return nil
+}
+
+// ListAuditEvents returns a page of the audit events of a workspace, oldest
+// first. Errors: ErrInvalidInput for a bad request.
+func (s *Store) ListAuditEvents(ctx context.Context, req ListAuditEventsRequest) (Page[AuditEvent], error) {
+	limit, err := pageLimit(req.Limit)
+	if err == nil {
+		err = validateCursor(req.Cursor)
+	}
+	if err == nil {
+		err = validateID("WorkspaceID", req.WorkspaceID, limitIDChars)
+	}
+	if err != nil {
+		return Page[AuditEvent]{}, err
+	}
+	query := `SELECT id, workspace_id, actor, event, key_id, identity_id, role_id, created_at
+		FROM keystore_audit_events WHERE workspace_id = ? AND id > ?`
+	args := []any{req.WorkspaceID, req.Cursor}
+	for column, value := range map[string]string{"key_id": req.KeyID, "identity_id": req.IdentityID, "role_id": req.RoleID} {
+		if value != "" {
+			query += " AND " + column + " = ?"
+			args = append(args, value)
+		}
+	}
+	var rows []struct {
+		ID          string         `db:"id"`
+		WorkspaceID string         `db:"workspace_id"`
+		Actor       sql.NullString `db:"actor"`
+		Event       string         `db:"event"`
+		KeyID       sql.NullString `db:"key_id"`
+		IdentityID  sql.NullString `db:"identity_id"`
+		RoleID      sql.NullString `db:"role_id"`
+		CreatedAt   dbTime         `db:"created_at"`
+	}
+	if err := s.db.SelectContext(ctx, &rows, query+" ORDER BY id LIMIT ?", append(args, limit+1)...); err != nil {
+		return Page[AuditEvent]{}, fmt.Errorf("keystore: list audit events: %w", err)
+	}
+	events := make([]AuditEvent, len(rows))
+	for i, r := range rows {
+		events[i] = AuditEvent{ID: r.ID, WorkspaceID: r.WorkspaceID, Actor: r.Actor.String, Event: r.Event,
+			KeyID: r.KeyID.String, IdentityID: r.IdentityID.String, RoleID: r.RoleID.String, CreatedAt: r.CreatedAt.Time}
+	}
+	return makePage(events, limit, func(e AuditEvent) string { return e.ID }), nil
+}
