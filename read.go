@@ -71,6 +71,20 @@ type keyRow struct {
 	Ratelimits     jsonColumn[[]ratelimitJSON] `db:"ratelimits"`
 }
 
+// ratelimitsFromJSON converts ratelimits read as JSON objects, sorted by
+// name.
+func ratelimitsFromJSON(rows []ratelimitJSON) []Ratelimit {
+	var out []Ratelimit
+	for _, rl := range rows {
+		out = append(out, Ratelimit{Name: rl.Name, Limit: rl.Limit,
+			Duration: time.Duration(rl.Millis) * time.Millisecond, AutoApply: rl.AutoApply != 0})
+	}
+	slices.SortFunc(out, func(a, b Ratelimit) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// ratelimitJSON is a ratelimit row as JSON_OBJECT('n', name, 'l', lim,
+// 'd', duration_ms, 'a', auto_apply).
 type ratelimitJSON struct {
 	Name      string `json:"n"`
 	Limit     int64  `json:"l"`
@@ -78,8 +92,10 @@ type ratelimitJSON struct {
 	AutoApply int    `json:"a"`
 }
 
-// selectKey reads a key with its owner and all its sets in one statement.
-const selectKey = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name, k.identity_id,
+// selectKeyFrom is the SELECT list and FROM clause of every key read: the
+// key, its owner, and all its sets, one row per key, so a key (or a page of
+// keys) is read in one statement. Callers append a WHERE clause over k.
+const selectKeyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name, k.identity_id,
 	i.external_id, k.meta, k.expires, k.enabled, k.remaining, k.refill_interval,
 	k.refill_amount, k.refill_day, k.created_at, k.updated_at,
 	(SELECT JSON_ARRAYAGG(p.slug) FROM keystore_key_permissions kp
@@ -88,8 +104,9 @@ const selectKey = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name,
 		JOIN keystore_roles r ON r.id = kr.role_id WHERE kr.key_id = k.id) AS roles,
 	(SELECT JSON_ARRAYAGG(JSON_OBJECT('n', rl.name, 'l', rl.lim, 'd', rl.duration_ms, 'a', rl.auto_apply))
 		FROM keystore_ratelimits rl WHERE rl.key_id = k.id) AS ratelimits
-FROM keystore_keys k LEFT JOIN keystore_identities i ON i.id = k.identity_id
-WHERE k.id = ? AND k.workspace_id = ? AND k.deleted_at IS NULL`
+FROM keystore_keys k LEFT JOIN keystore_identities i ON i.id = k.identity_id `
+
+const selectKey = selectKeyFrom + `WHERE k.id = ? AND k.workspace_id = ? AND k.deleted_at IS NULL`
 
 func getKey(ctx context.Context, q sqlx.QueryerContext, workspaceID, keyID string) (Key, error) {
 	var row keyRow
@@ -104,6 +121,8 @@ func getKey(ctx context.Context, q sqlx.QueryerContext, workspaceID, keyID strin
 }
 
 func (r keyRow) key() Key {
+	// Sets are sorted here rather than in SQL: MySQL's JSON_ARRAYAGG has no
+	// ORDER BY.
 	k := Key{
 		ID: r.ID, WorkspaceID: r.WorkspaceID, KeySpaceID: r.KeySpaceID, Start: r.Start,
 		Name: r.Name.String, IdentityID: r.IdentityID.String, ExternalID: r.ExternalID.String,
@@ -120,10 +139,6 @@ func (r keyRow) key() Key {
 				Amount: r.RefillAmount.Int64, Day: int(r.RefillDay.Int64)}
 		}
 	}
-	for _, rl := range r.Ratelimits.V {
-		k.Ratelimits = append(k.Ratelimits, Ratelimit{Name: rl.Name, Limit: rl.Limit,
-			Duration: time.Duration(rl.Millis) * time.Millisecond, AutoApply: rl.AutoApply != 0})
-	}
-	slices.SortFunc(k.Ratelimits, func(a, b Ratelimit) int { return strings.Compare(a.Name, b.Name) })
+	k.Ratelimits = ratelimitsFromJSON(r.Ratelimits.V)
 	return k
 }
