@@ -1,0 +1,214 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// VerifyKeyRequest asks whether a plaintext key is valid in a key space, and
+// spends its credits.
+type VerifyKeyRequest struct {
+	KeySpaceID string
+	Key        string // the plaintext, as returned by CreateKey
+	// Cost is the number of credits a valid verification spends; 0 means 1.
+	// A key without credits (unlimited) spends nothing.
+	Cost int64
+	// NoSpend verifies without spending or checking credits.
+	NoSpend bool
+}
+
+// VerificationCode says why a verification is valid or not.
+type VerificationCode string
+
+const (
+	CodeValid         VerificationCode = "VALID"
+	CodeNotFound      VerificationCode = "NOT_FOUND" // unknown, deleted, or of another key space
+	CodeExpired       VerificationCode = "EXPIRED"
+	CodeDisabled      VerificationCode = "DISABLED"
+	CodeUsageExceeded VerificationCode = "USAGE_EXCEEDED" // fewer credits left than Cost; nothing spent
+)
+
+// Verification is the answer of VerifyKey. Everything but Valid and Code is
+// empty when Code is CodeNotFound.
+type Verification struct {
+	Valid       bool
+	Code        VerificationCode
+	KeyID       string
+	WorkspaceID string
+	IdentityID  string
+	ExternalID  string
+	// Remaining is the credits left after this verification (nil:
+	// unlimited). With CodeUsageExceeded it is what is left, less than Cost.
+	Remaining          *int64
+	Expires            *time.Time
+	Permissions        []string // merged: direct and through roles, sorted
+	Roles              []string
+	Ratelimits         []Ratelimit // the key's
+	IdentityRatelimits []Ratelimit // the owner's
+	Meta               map[string]any
+	IdentityMeta       map[string]any
+}
+
+// Largest key VerifyKey accepts: a 16-character prefix, "_" and 255 random
+// bytes in base64 take 357 bytes.
+const maxKeyBytes = 512
+
+// VerifyKey looks the key up by its SHA-256 hash (a unique index) and, if it
+// is enabled, unexpired and of req.KeySpaceID, spends req.Cost credits with
+// one conditional UPDATE. It costs one statement for a key without credits
+// and two with credits; it never holds a transaction open.
+//
+// Credits never go below zero and are never spent twice: the UPDATE checks
+// and decrements in one statement, so of any number of concurrent
+// verifications exactly as many succeed as there were credits. A due refill
+// (daily at 00:00 UTC, or monthly on Refill.Day, clamped to the month's last
+// day, by the Store's clock) is applied by the same UPDATE, so it happens at
+// most once per period.
+//
+// An invalid key is an answer, not an error: unknown, deleted and
+// other-key-space keys give CodeNotFound with a nil error. Errors:
+// ErrInvalidInput for a malformed request (empty or oversized key, negative
+// cost); otherwise a database error.
+func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verification, error) {
+	if err := req.validate(); err != nil {
+		return Verification{}, err
+	}
+	now := s.clock()
+	var row verifyRow
+	err := s.db.GetContext(ctx, &row, selectVerify, hashKey(req.Key))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Verification{Code: CodeNotFound}, nil
+	}
+	if err != nil {
+		return Verification{}, fmt.Errorf("keystore: verify key: %w", err)
+	}
+	if row.DeletedAt.Valid || row.KeySpaceID != req.KeySpaceID {
+		return Verification{Code: CodeNotFound}, nil
+	}
+	v := row.verification(now)
+	if v.Code != CodeValid || v.Remaining == nil || req.NoSpend {
+		return v, nil
+	}
+	return s.spend(ctx, row, max(req.Cost, 1), now)
+}
+
+func (r *VerifyKeyRequest) validate() error {
+	if err := validateID("KeySpaceID", r.KeySpaceID, limitIDChars); err != nil {
+		return err
+	}
+	if r.Key == "" {
+		return invalid("Key", "must not be empty")
+	}
+	if len(r.Key) > maxKeyBytes {
+		return invalid("Key", "must be at most %d bytes", maxKeyBytes)
+	}
+	if r.Cost < 0 {
+		return invalid("Cost", "must not be negative (use NoSpend to verify without spending)")
+	}
+	return nil
+}
+
+// spend takes cost credits from the key read as row, with one conditional
+// UPDATE that also applies a due refill. LAST_INSERT_ID(expr) hands the new
+// balance back in the UPDATE's own reply, so no read follows a successful
+// spend. When the UPDATE matches nothing, the key changed since it was read
+// or has too few credits; a fresh read says which, and if another
+// transaction added credits meanwhile, the spend is tried again.
+func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.Time) (Verification, error) {
+	for attempt := 1; ; attempt++ {
+		v := row.verification(now)
+		if v.Code != CodeValid || v.Remaining == nil {
+			return v, nil
+		}
+		if *v.Remaining < cost {
+			v.Valid, v.Code = false, CodeUsageExceeded
+			return v, nil
+		}
+		if attempt > maxSpendAttempts {
+			return Verification{}, fmt.Errorf("keystore: spend credits: %w", errConcurrentChange)
+		}
+		left, spent, err := s.trySpend(ctx, row.ID, row.state().periodStart(now), cost, now)
+		if err != nil {
+			return Verification{}, err
+		}
+		if spent {
+			v.Remaining = &left
+			return v, nil
+		}
+		err = s.db.GetContext(ctx, &row, selectVerifyByID, row.ID)
+		if errors.Is(err, sql.ErrNoRows) || err == nil && row.DeletedAt.Valid {
+			return Verification{Code: CodeNotFound}, nil
+		}
+		if err != nil {
+			return Verification{}, fmt.Errorf("keystore: verify key: %w", err)
+		}
+	}
+}
+
+// maxSpendAttempts bounds the UPDATEs of one verification whose key keeps
+// changing under it (its credits being set again and again).
+const maxSpendAttempts = 10
+
+// trySpend is the conditional UPDATE. MySQL evaluates SET assignments left
+// to right, so refilled_at's IF still sees the old refilled_at.
+func (s *Store) trySpend(ctx context.Context, keyID string, periodStart time.Time, cost int64, now time.Time) (left int64, spent bool, err error) {
+	period := utc(periodStart)
+	res, err := s.db.ExecContext(ctx, `UPDATE keystore_keys SET
+		remaining = LAST_INSERT_ID(IF(refill_interval IS NOT NULL AND refilled_at < ?, refill_amount, remaining) - ?),
+		refilled_at = IF(refill_interval IS NOT NULL AND refilled_at < ?, ?, refilled_at)
+		WHERE id = ? AND deleted_at IS NULL AND enabled = 1 AND (expires IS NULL OR expires > ?)
+		AND IF(refill_interval IS NOT NULL AND refilled_at < ?, refill_amount, remaining) >= ?`,
+		period, cost, period, period, keyID, utc(now), period, cost)
+	if err != nil {
+		return 0, false, fmt.Errorf("keystore: spend credits: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil || n != 1 {
+		return 0, false, err
+	}
+	left, err = res.LastInsertId()
+	return left, err == nil, err
+}
+
+// verifyRow is a key read for verification: the key with its sets, plus
+// what only verification needs.
+type verifyRow struct {
+	keyRow
+	RefilledAt         dbTime                      `db:"refilled_at"`
+	DeletedAt          dbTime                      `db:"deleted_at"`
+	IdentityMeta       jsonColumn[map[string]any]  `db:"identity_meta"`
+	IdentityRatelimits jsonColumn[[]ratelimitJSON] `db:"identity_ratelimits"`
+}
+
+const verifyColumns = `SELECT k.refilled_at, k.deleted_at, i.meta AS identity_meta,
+	(SELECT JSON_ARRAYAGG(JSON_OBJECT('n', ir.name, 'l', ir.lim, 'd', ir.duration_ms, 'a', ir.auto_apply))
+		FROM keystore_identity_ratelimits ir WHERE ir.identity_id = k.identity_id) AS identity_ratelimits, `
+
+var (
+	selectVerify     = verifyColumns + selectKeyFrom[len("SELECT "):] + `WHERE k.hash = ?`
+	selectVerifyByID = verifyColumns + selectKeyFrom[len("SELECT "):] + `WHERE k.id = ?`
+)
+
+// verification judges a live key at now, before any spending: disabled,
+// then expired. Remaining is the balance with a due refill counted.
+func (r verifyRow) verification(now time.Time) Verification {
+	k := r.key()
+	v := Verification{Valid: true, Code: CodeValid, KeyID: k.ID, WorkspaceID: k.WorkspaceID,
+		IdentityID: k.IdentityID, ExternalID: k.ExternalID, Expires: k.Expires,
+		Permissions: k.Permissions, Roles: k.Roles, Ratelimits: k.Ratelimits,
+		IdentityRatelimits: ratelimitsFromJSON(r.IdentityRatelimits.V), Meta: k.Meta, IdentityMeta: r.IdentityMeta.V}
+	if r.Remaining.Valid {
+		left := r.state().balance(now)
+		v.Remaining = &left
+	}
+	switch {
+	case !k.Enabled:
+		v.Valid, v.Code = false, CodeDisabled
+	case k.Expires != nil && !k.Expires.After(now):
+		v.Valid, v.Code = false, CodeExpired
+	}
+	return v
+}
