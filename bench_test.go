@@ -1,0 +1,517 @@
+package keystore_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/idsafe/keystore"
+	"github.com/jmoiron/sqlx"
+)
+
+// BenchmarkCreateKey compares Store.CreateKey with the shapes of "create a
+// key for an externalId" that came before it, on the same server and the
+// same schema, in one run:
+//
+//	keystore     Store.CreateKey (plain read, INSERT, on 1062 a shared-lock read)
+//	seed-naive   find-then-insert, no retry: a 1062 or 1213 is an error
+//	seed-retry3  the seed's fix: the whole transaction up to 3 times, no
+//	             backoff, on 1062/1213; after a duplicate the identity is
+//	             read again outside the transaction (on db, not tx)
+//	upsert       INSERT ... ON DUPLICATE KEY UPDATE first, then SELECT the
+//	             identity in the same transaction; up to 10 attempts with
+//	             50 ms / 100 ms backoff on 1062/1213
+//	floor        BEGIN; INSERT the key row alone; COMMIT
+//
+// under three scenarios:
+//
+//	new       every op a new externalId, 16 workers
+//	existing  every op on one identity created before the timer, 16 workers
+//	hot       bursts of 64 goroutines released together on one new
+//	          externalId, a new one every burst
+//
+// Names are BenchmarkCreateKey/scenario=S/c=N/shape=X, so that
+//
+//	benchstat -col /shape bench.txt
+//
+// puts the shapes side by side. The shapes of one scenario run one after the
+// other, close in time.
+//
+// Custom metrics: errors/op (errors returned to the caller), stmts/op (the
+// server's global Questions counter over the timed part, which is valid
+// because the test binary's server is private to it: run benchmarks alone,
+// with -run '^$'), attempts/op (transactions begun per op: ops + retries),
+// p50-ms and p99-ms (latency of one op as its caller sees it). ns/op is wall
+// time over ops, i.e. the inverse of throughput at that concurrency.
+//
+// Every run (b.N=1 and the real one) gets a fresh database.
+func BenchmarkCreateKey(b *testing.B) {
+	scenarios := []struct {
+		name    string
+		workers int
+	}{
+		{"new", 16},
+		{"existing", 16},
+		{"hot", hotBurst},
+	}
+	for _, sc := range scenarios {
+		b.Run(fmt.Sprintf("scenario=%s/c=%d", sc.name, sc.workers), func(b *testing.B) {
+			for _, sh := range benchShapes() {
+				b.Run("shape="+sh.name, func(b *testing.B) {
+					benchCreateKey(b, sc.name, sc.workers, sh)
+				})
+			}
+		})
+	}
+}
+
+const (
+	benchWorkspace = "ws-bench"
+	benchKeySpace  = "ks-bench"
+	hotBurst       = 64
+)
+
+// baseline is one hand-written shape of "create a key owned by externalID".
+// It reports retries through noteRetry(ctx, cause).
+type baseline func(ctx context.Context, db *sqlx.DB, workspace, externalID string) error
+
+type benchShape struct {
+	name string
+	fn   baseline // nil for keystore, which goes through the Store
+}
+
+func benchShapes() []benchShape {
+	return []benchShape{
+		{name: "keystore"},
+		{name: "seed-naive", fn: seedNaive},
+		{name: "seed-retry3", fn: seedRetry3},
+		{name: "upsert", fn: upsertRetry10},
+		{name: "floor", fn: floorInsert},
+	}
+}
+
+// benchCreateKey runs one shape under one scenario and reports its metrics.
+func benchCreateKey(b *testing.B, scenario string, workers int, sh benchShape) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+
+	counters := &benchCounters{retries: map[string]int{}, errs: map[string]int{}}
+	ctx = context.WithValue(ctx, benchCountersKey{}, counters)
+	store, db := newStore(b, keystore.WithRetryOptions(keystore.OnRetry(func(_ int, err error) {
+		counters.retry(err)
+	})))
+	op := func(ctx context.Context, externalID string) error {
+		_, err := store.CreateKey(ctx, keystore.CreateKeyRequest{
+			WorkspaceID: benchWorkspace, KeySpaceID: benchKeySpace, ExternalID: externalID})
+		return err
+	}
+	if sh.fn != nil {
+		op = func(ctx context.Context, externalID string) error {
+			return sh.fn(ctx, db, benchWorkspace, externalID)
+		}
+	}
+	if scenario == "existing" {
+		if _, err := store.EnsureIdentity(ctx, benchWorkspace, "existing"); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	// Open the connections the run will use before the timer, so that
+	// neither latency nor the statement count includes connecting.
+	// seed-retry3 holds a transaction's connection while it reads on a
+	// second one, so warm up twice as many, within the pool's 100.
+	warmPool(b, db, min(2*workers, 90))
+	status, err := db.DB.Conn(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer status.Close()
+	// SHOW GLOBAL STATUS is itself a statement; measure what one adds.
+	q0 := questions(b, status)
+	showCost := questions(b, status) - q0
+
+	n := b.N
+	durs := make([]time.Duration, n)
+	errs := make([]error, n)
+	timed := func(i int, externalID string) {
+		start := time.Now()
+		errs[i] = op(ctx, externalID)
+		durs[i] = time.Since(start)
+	}
+
+	before := questions(b, status)
+	b.ResetTimer()
+	switch scenario {
+	case "new":
+		runWorkers(n, workers, func(i int) { timed(i, fmt.Sprintf("new-%d", i)) })
+	case "existing":
+		runWorkers(n, workers, func(i int) { timed(i, "existing") })
+	case "hot":
+		runBursts(n, workers, func(burst, i int) { timed(i, fmt.Sprintf("hot-%d", burst)) })
+	default:
+		b.Fatalf("unknown scenario %q", scenario)
+	}
+	b.StopTimer()
+	after := questions(b, status)
+
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			failed++
+			counters.surfaced(err)
+		}
+	}
+	slices.Sort(durs)
+	b.ReportMetric(float64(failed)/float64(n), "errors/op")
+	b.ReportMetric(float64(after-before-showCost)/float64(n), "stmts/op")
+	b.ReportMetric(float64(n+counters.retryCount())/float64(n), "attempts/op")
+	b.ReportMetric(ms(percentile(durs, 0.50)), "p50-ms")
+	b.ReportMetric(ms(percentile(durs, 0.99)), "p99-ms")
+	counters.log(b, sh.name, n)
+}
+
+// runWorkers runs f(i) for i in [0, n) on workers goroutines.
+func runWorkers(n, workers int, f func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				f(i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// runBursts runs f(burst, i) for i in [0, n) in bursts of size goroutines
+// (the last one smaller) that are all started, then released together
+// through a channel; a burst ends when all of it has returned.
+func runBursts(n, size int, f func(burst, i int)) {
+	for burst, first := 0, 0; first < n; burst, first = burst+1, first+size {
+		var ready, done sync.WaitGroup
+		release := make(chan struct{})
+		for i := first; i < min(first+size, n); i++ {
+			ready.Add(1)
+			done.Add(1)
+			go func() {
+				defer done.Done()
+				ready.Done()
+				<-release
+				f(burst, i)
+			}()
+		}
+		ready.Wait()
+		close(release)
+		done.Wait()
+	}
+}
+
+// warmPool opens n connections in db's pool and leaves them idle.
+func warmPool(b *testing.B, db *sqlx.DB, n int) {
+	b.Helper()
+	ctx := context.Background()
+	conns := make([]*sql.Conn, 0, n)
+	for range n {
+		c, err := db.DB.Conn(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := c.PingContext(ctx); err != nil {
+			b.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// questions returns the server's global Questions counter.
+func questions(b *testing.B, conn *sql.Conn) int {
+	b.Helper()
+	var name string
+	var v int
+	if err := conn.QueryRowContext(context.Background(), `SHOW GLOBAL STATUS LIKE 'Questions'`).Scan(&name, &v); err != nil {
+		b.Fatal(err)
+	}
+	return v
+}
+
+// percentile returns the nearest-rank p-quantile of sorted durations.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p*float64(len(sorted)))) - 1
+	return sorted[max(i, 0)]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// benchCounters counts retries (by cause) and surfaced errors (by kind) of
+// one run.
+type benchCounters struct {
+	mu      sync.Mutex
+	retries map[string]int
+	errs    map[string]int
+	samples []string // distinct surfaced error texts, a few
+}
+
+type benchCountersKey struct{}
+
+func (c *benchCounters) retry(cause error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.retries[errKind(cause)]++
+}
+
+func (c *benchCounters) retryCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, v := range c.retries {
+		n += v
+	}
+	return n
+}
+
+func (c *benchCounters) surfaced(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.errs[errKind(err)]++
+	if msg := err.Error(); len(c.samples) < 3 && !slices.Contains(c.samples, msg) {
+		c.samples = append(c.samples, msg)
+	}
+}
+
+// log reports what was retried and what failed; keystore must surface no
+// error, so any it does is logged loudly with its text.
+func (c *benchCounters) log(b *testing.B, shape string, n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.retries) > 0 {
+		b.Logf("N=%d retries by cause: %s", n, kinds(c.retries))
+	}
+	if len(c.errs) == 0 {
+		return
+	}
+	prefix := ""
+	if shape == "keystore" {
+		prefix = "KEYSTORE SURFACED ERRORS (must be zero): "
+	}
+	b.Logf("%sN=%d errors by kind: %s", prefix, n, kinds(c.errs))
+	for _, s := range c.samples {
+		b.Logf("%s  e.g. %s", prefix, s)
+	}
+}
+
+// noteRetry records that a baseline is about to run its transaction again
+// after cause.
+func noteRetry(ctx context.Context, cause error) {
+	if c, ok := ctx.Value(benchCountersKey{}).(*benchCounters); ok {
+		c.retry(cause)
+	}
+}
+
+func errKind(err error) string {
+	switch {
+	case keystore.IsDuplicateKey(err):
+		return "1062"
+	case keystore.IsDeadlock(err):
+		return "1213"
+	case errors.Is(err, keystore.ErrRetriesExhausted):
+		return "retries-exhausted"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return "context"
+	}
+	return "other"
+}
+
+func kinds(m map[string]int) string {
+	parts := make([]string, 0, len(m))
+	for k, v := range m {
+		parts = append(parts, fmt.Sprintf("%s×%d", k, v))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
+}
+
+// The baselines, on the real keystore tables. Ids are "b"-prefixed UUIDv7s
+// (time-ordered, like the library's); key hashes are SHA-256 of 16 random
+// bytes.
+
+func seedNaive(ctx context.Context, db *sqlx.DB, workspace, externalID string) error {
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() // sends nothing after Commit
+	identityID, err := findBenchIdentity(ctx, tx, workspace, externalID)
+	if errors.Is(err, sql.ErrNoRows) {
+		identityID, err = insertBenchIdentity(ctx, tx, workspace, externalID, false)
+	}
+	if err != nil {
+		return err
+	}
+	if err := insertBenchKey(ctx, tx, workspace, identityID); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func seedRetry3(ctx context.Context, db *sqlx.DB, workspace, externalID string) error {
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		if attempt > 1 {
+			noteRetry(ctx, err)
+		}
+		if err = seedRetryAttempt(ctx, db, workspace, externalID); err == nil || !dupOrDeadlock(err) {
+			return err
+		}
+	}
+	return err
+}
+
+func seedRetryAttempt(ctx context.Context, db *sqlx.DB, workspace, externalID string) error {
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	identityID, err := findBenchIdentity(ctx, tx, workspace, externalID)
+	if errors.Is(err, sql.ErrNoRows) {
+		identityID, err = insertBenchIdentity(ctx, tx, workspace, externalID, false)
+		if keystore.IsDuplicateKey(err) {
+			// As the seed did on its read-only connection: read again
+			// outside this transaction's snapshot. If that misses too,
+			// the duplicate is returned and the whole transaction retried.
+			if id, findErr := findBenchIdentity(ctx, db, workspace, externalID); findErr == nil {
+				identityID, err = id, nil
+			} else if !errors.Is(findErr, sql.ErrNoRows) {
+				err = findErr
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if err := insertBenchKey(ctx, tx, workspace, identityID); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func upsertRetry10(ctx context.Context, db *sqlx.DB, workspace, externalID string) error {
+	var err error
+	for attempt := 1; attempt <= 10; attempt++ {
+		if attempt > 1 {
+			noteRetry(ctx, err)
+			backoff := 50 * time.Millisecond
+			if attempt > 2 {
+				backoff = 100 * time.Millisecond
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(backoff):
+			}
+		}
+		if err = upsertAttempt(ctx, db, workspace, externalID); err == nil || !dupOrDeadlock(err) {
+			return err
+		}
+	}
+	return err
+}
+
+func upsertAttempt(ctx context.Context, db *sqlx.DB, workspace, externalID string) error {
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := insertBenchIdentity(ctx, tx, workspace, externalID, true); err != nil {
+		return err
+	}
+	identityID, err := findBenchIdentity(ctx, tx, workspace, externalID)
+	if err != nil {
+		return err
+	}
+	if err := insertBenchKey(ctx, tx, workspace, identityID); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func floorInsert(ctx context.Context, db *sqlx.DB, workspace, _ string) error {
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if err := insertBenchKey(ctx, tx, workspace, nil); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func dupOrDeadlock(err error) bool { return keystore.IsDuplicateKey(err) || keystore.IsDeadlock(err) }
+
+// findBenchIdentity is a plain (consistent, non-locking) read.
+func findBenchIdentity(ctx context.Context, q sqlx.QueryerContext, workspace, externalID string) (string, error) {
+	var id string
+	err := sqlx.GetContext(ctx, q, &id, `SELECT id FROM keystore_identities
+		WHERE workspace_id = ? AND external_id = ? AND live = 1`, workspace, externalID)
+	return id, err
+}
+
+// insertBenchIdentity inserts a live identity; with upsert, a live one that
+// exists is left as it is (ON DUPLICATE KEY UPDATE updated_at = updated_at).
+func insertBenchIdentity(ctx context.Context, tx *sqlx.Tx, workspace, externalID string, upsert bool) (string, error) {
+	id := benchID("bid")
+	now := time.Now().UTC()
+	query := `INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at)
+		VALUES (?, ?, ?, 1, ?, ?)`
+	if upsert {
+		query += ` ON DUPLICATE KEY UPDATE updated_at = updated_at`
+	}
+	_, err := tx.ExecContext(ctx, query, id, workspace, externalID, now, now)
+	return id, err
+}
+
+// insertBenchKey inserts a key row; identityID is a string or nil.
+func insertBenchKey(ctx context.Context, tx *sqlx.Tx, workspace string, identityID any) error {
+	var secret [16]byte
+	_, _ = rand.Read(secret[:])
+	hash := sha256.Sum256(secret[:])
+	now := time.Now().UTC()
+	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_keys
+		(id, workspace_id, key_space_id, hash, start, identity_id, enabled, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)`,
+		benchID("bkey"), workspace, benchKeySpace, hash[:], "b_"+hex.EncodeToString(secret[:2]), identityID, now, now)
+	return err
+}
+
+func benchID(prefix string) string {
+	u := uuid.Must(uuid.NewV7())
+	return prefix + "_" + hex.EncodeToString(u[:])
+}
