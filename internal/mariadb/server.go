@@ -7,9 +7,10 @@
 // can be taken for a minute after a heavy test run. If the port is taken
 // anyway, Start tries again on another one.
 //
-// The server is tuned for fast tests, not durability: InnoDB flushes its log
-// once a second rather than at every commit, the doublewrite buffer and the
-// binary log are off. Root has an empty password and may connect over TCP.
+// The server is tuned for fast tests, not durability (unless [EnvDurable] is
+// set): InnoDB flushes its log once a second rather than at every commit, and
+// the doublewrite buffer and the binary log are off. Root has an empty
+// password and may connect over TCP.
 //
 // Each call starts its own server with its own directory, socket and port, so
 // several test binaries (go test runs packages in parallel) can each run one.
@@ -40,6 +41,11 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 )
+
+// EnvDurable, when set to anything, makes servers durable: the redo log is
+// written and flushed at every commit and the doublewrite buffer is on, as a
+// production server runs. Benchmarks that claim durability set it.
+const EnvDurable = "KEYSTORE_MARIADB_DURABLE"
 
 // ErrNotInstalled is returned by [Start] when the MariaDB server programs
 // (mariadbd or mysqld, and mariadb-install-db or mysql_install_db) are
@@ -239,13 +245,15 @@ func (s *Server) run(ctx context.Context, port int) error {
 		"--bind-address=127.0.0.1",
 		"--pid-file=" + s.pidFile,
 		"--log-error=" + s.errLog,
-		"--innodb-log-file-size=8M",
-		"--innodb-flush-log-at-trx-commit=2",
-		"--innodb-doublewrite=0",
 		"--innodb-buffer-pool-size=128M",
 		"--skip-log-bin",
 		"--max-connections=500",
 		"--skip-name-resolve",
+	}
+	if os.Getenv(EnvDurable) != "" {
+		args = append(args, "--innodb-log-file-size=64M", "--innodb-flush-log-at-trx-commit=1", "--innodb-doublewrite=1")
+	} else {
+		args = append(args, "--innodb-log-file-size=8M", "--innodb-flush-log-at-trx-commit=2", "--innodb-doublewrite=0")
 	}
 	if os.Geteuid() == 0 {
 		args = append(args, "--user=root") // mariadbd refuses to run as root otherwise
