@@ -53,11 +53,30 @@ func rowsInAllTables(t testing.TB, db *sqlx.DB) map[string]int {
 	return out
 }
 
-// createRole inserts a role directly (role management is a later feature).
-func createRole(t testing.TB, db *sqlx.DB, workspaceID, name string) {
+// createRole creates a role with CreateRole on a Store over db; it writes a
+// role.create audit event.
+func createRole(t testing.TB, db *sqlx.DB, workspaceID, name string, permissions ...string) keystore.Role {
 	t.Helper()
-	db.MustExec(`INSERT INTO keystore_roles (id, workspace_id, name, created_at) VALUES (?, ?, ?, NOW(6))`,
-		"role_"+workspaceID+"_"+name, workspaceID, name)
+	s, err := keystore.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	role, err := s.CreateRole(context.Background(), workspaceID, name, permissions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return role
+}
+
+// events returns the event types of the audit trail of workspaceID, oldest
+// first, read straight from the table.
+func events(t testing.TB, db *sqlx.DB, workspaceID string) []string {
+	t.Helper()
+	var out []string
+	if err := db.Select(&out, `SELECT event FROM keystore_audit_events WHERE workspace_id = ? ORDER BY id`, workspaceID); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // parallel runs f(i) for i in [0, n) in n goroutines started together and

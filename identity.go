@@ -11,9 +11,9 @@ import (
 	"github.com/jmoiron/sqlx"
 )
 
-// How a racing get-or-create is won (identities here; permissions below use
-// the same idea in bulk). Facts it rests on, for InnoDB at the default
-// REPEATABLE READ:
+// How a racing get-or-create is won (identities and roles, through
+// getOrCreate; permissions below use the same idea in bulk). Facts it rests
+// on, for InnoDB at the default REPEATABLE READ:
 //
 //   - An INSERT that collides with a unique key held by an uncommitted
 //     transaction waits for it, and fails with 1062 only once it committed.
@@ -33,36 +33,60 @@ import (
 // The found identity is not locked by the plain read; writers that link to
 // it re-check it under a shared lock in the same statement that links (see
 // insertKey) or with lockIdentity, so a concurrent delete cannot leave a key
-// pointing at a deleted identity.
+// pointing at a deleted identity. DeleteIdentity takes the identity's
+// exclusive lock before it unlinks keys: a racing CreateKey either linked
+// first (and its key is unlinked) or finds the identity gone and runs again,
+// linking the next identity (found, or created). Roles work the same way:
+// ensureRole share-locks a role it found, DeleteRole locks it exclusively
+// first.
 
-// ensureIdentity returns the live identity of externalID in workspaceID,
-// creating it when there is none.
-func ensureIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string) (identityRow, error) {
-	var row identityRow
-	err := tx.GetContext(ctx, &row, selectIdentity, workspaceID, externalID)
+// getOrCreate is that protocol for one row: a plain read of find into dest;
+// when there is no row, insert; when the insert lost a race (1062), find
+// again under a shared lock. It reports whether this transaction inserted the
+// row, in which case dest is left alone and the caller knows the row. noun
+// names the row in errors.
+func getOrCreate(ctx context.Context, tx *sqlx.Tx, noun string, dest any, find string, findArgs []any, insert string, insertArgs ...any) (created bool, err error) {
+	err = tx.GetContext(ctx, dest, find, findArgs...)
 	if err == nil {
-		return row, nil
+		return false, nil
 	}
 	if !errors.Is(err, sql.ErrNoRows) {
-		return row, fmt.Errorf("keystore: find identity: %w", err)
+		return false, fmt.Errorf("keystore: find %s: %w", noun, err)
 	}
-	row = identityRow{ID: newID("id"), WorkspaceID: workspaceID, ExternalID: externalID, CreatedAt: dbTime{now, true}, created: true}
-	_, err = tx.ExecContext(ctx, `INSERT INTO keystore_identities
-		(id, workspace_id, external_id, live, created_at, updated_at) VALUES (?, ?, ?, 1, ?, ?)`,
-		row.ID, workspaceID, externalID, utc(now), utc(now))
+	_, err = tx.ExecContext(ctx, insert, insertArgs...)
 	if err == nil {
-		return row, nil
+		return true, nil
 	}
 	if !IsDuplicateKey(err) {
-		return row, fmt.Errorf("keystore: create identity: %w", err)
+		return false, fmt.Errorf("keystore: create %s: %w", noun, err)
 	}
 	// Lost the race: the winner has committed. A plain SELECT would read the
-	// snapshot and miss it; the locking read sees it.
-	row = identityRow{}
-	if err := tx.GetContext(ctx, &row, selectIdentity+" LOCK IN SHARE MODE", workspaceID, externalID); err != nil {
-		return row, fmt.Errorf("keystore: read identity after duplicate: %w", err)
+	// snapshot and miss it; the locking read sees it. It finds nothing only
+	// if the winner was deleted since: running the transaction again
+	// creates the row anew.
+	err = tx.GetContext(ctx, dest, find+" LOCK IN SHARE MODE", findArgs...)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, fmt.Errorf("keystore: %s deleted after a duplicate: %w", noun, errConcurrentChange)
 	}
-	return row, nil
+	if err != nil {
+		return false, fmt.Errorf("keystore: read %s after duplicate: %w", noun, err)
+	}
+	return false, nil
+}
+
+// ensureIdentity returns the live identity of externalID in workspaceID,
+// creating it when there is none (then the row has created set).
+func ensureIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string) (identityRow, error) {
+	created := identityRow{ID: newID("id"), WorkspaceID: workspaceID, ExternalID: externalID,
+		CreatedAt: dbTime{now, true}, UpdatedAt: dbTime{now, true}, created: true}
+	var found identityRow
+	isNew, err := getOrCreate(ctx, tx, "identity", &found, selectIdentity, []any{workspaceID, externalID},
+		`INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at) VALUES (?, ?, ?, 1, ?, ?)`,
+		created.ID, workspaceID, externalID, utc(now), utc(now))
+	if isNew {
+		return created, nil
+	}
+	return found, err
 }
 
 const selectIdentity = `SELECT id, workspace_id, external_id, created_at
@@ -179,15 +203,28 @@ func anys(values []string) []any {
 
 // EnsureIdentity returns the live identity of externalID in workspaceID,
 // creating it when there is none. Concurrent callers for one externalID all
-// succeed and get the same identity.
+// succeed and get the same identity. An identity.create audit event is
+// written only when this call created the identity.
+//
+// Errors: ErrInvalidInput for an invalid workspaceID or externalID;
+// otherwise the errors of [WithRetryTx].
 func (s *Store) EnsureIdentity(ctx context.Context, workspaceID, externalID string) (Identity, error) {
 	if err := validateIdentityRef(workspaceID, externalID); err != nil {
 		return Identity{}, err
 	}
-	row, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (identityRow, error) {
-		return ensureIdentity(ctx, tx, s.clock(), workspaceID, externalID)
-	})
-	return row.identity(), err
+	now := s.clock()
+	// READ COMMITTED: the final read must see an identity that a racing
+	// transaction committed after this one's first read.
+	return tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (Identity, error) {
+		row, err := ensureIdentity(ctx, tx, now, workspaceID, externalID)
+		if err != nil {
+			return Identity{}, err
+		}
+		if row.created {
+			return row.identity(), writeAudit(ctx, tx, now, workspaceID, audit{event: EventIdentityCreate, identityID: row.ID})
+		}
+		return readIdentityByID(ctx, tx, row.ID)
+	}, readCommitted)
 }
 
 func validateIdentityRef(workspaceID, externalID string) error {

@@ -300,3 +300,45 @@ func nullString(s string) any {
 	}
 	return s
 }
+
+// DeleteKey soft-deletes a key: the row stays (for the audit trail) with its
+// deletion time, and from then on GetKey, UpdateKey and ListKeys do not find
+// it and VerifyKey answers CodeNotFound. Deleting a deleted key again does
+// nothing and returns nil, without a second audit event.
+//
+// Errors: ErrInvalidInput for an invalid workspaceID or keyID; ErrNotFound
+// when the key never existed or belongs to another workspace. Otherwise the
+// errors of [WithRetryTx].
+func (s *Store) DeleteKey(ctx context.Context, workspaceID, keyID string) error {
+	if err := validateID("WorkspaceID", workspaceID, limitIDChars); err != nil {
+		return err
+	}
+	if err := validateID("KeyID", keyID, limitIDChars); err != nil {
+		return err
+	}
+	now := s.clock()
+	_, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
+		var row struct {
+			IdentityID sql.NullString `db:"identity_id"`
+			Deleted    bool           `db:"deleted"`
+		}
+		err := tx.GetContext(ctx, &row, `SELECT identity_id, deleted_at IS NOT NULL AS deleted FROM keystore_keys
+			WHERE id = ? AND workspace_id = ? FOR UPDATE`, keyID, workspaceID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return struct{}{}, fmt.Errorf("keystore: key %q: %w", keyID, ErrNotFound)
+		}
+		if err != nil {
+			return struct{}{}, fmt.Errorf("keystore: lock key: %w", err)
+		}
+		if row.Deleted {
+			return struct{}{}, nil // deleted before: nothing changes, no event
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE keystore_keys SET deleted_at = ?, updated_at = ? WHERE id = ?`,
+			utc(now), utc(now), keyID); err != nil {
+			return struct{}{}, fmt.Errorf("keystore: delete key: %w", err)
+		}
+		return struct{}{}, writeAudit(ctx, tx, now, workspaceID,
+			audit{event: EventKeyDelete, keyID: keyID, identityID: row.IdentityID.String})
+	})
+	return err
+}

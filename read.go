@@ -19,14 +19,18 @@ func (s *Store) GetKey(ctx context.Context, workspaceID, keyID string) (Key, err
 	return getKey(ctx, s.db, workspaceID, keyID)
 }
 
-// FindIdentity returns the live identity of externalID in workspaceID, or an
-// error matching ErrNotFound.
+// FindIdentity returns the live identity of externalID in workspaceID, with
+// its Meta and Ratelimits, read from the primary in one statement.
+//
+// Errors: ErrInvalidInput for an invalid workspaceID or externalID;
+// ErrNotFound when there is no live identity of externalID.
 func (s *Store) FindIdentity(ctx context.Context, workspaceID, externalID string) (Identity, error) {
 	if err := validateIdentityRef(workspaceID, externalID); err != nil {
 		return Identity{}, err
 	}
 	var row identityRow
-	err := s.db.GetContext(ctx, &row, selectIdentity, workspaceID, externalID)
+	err := s.db.GetContext(ctx, &row, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.external_id = ? AND i.live = 1`,
+		workspaceID, externalID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Identity{}, fmt.Errorf("keystore: identity %q: %w", externalID, ErrNotFound)
 	}
@@ -36,16 +40,46 @@ func (s *Store) FindIdentity(ctx context.Context, workspaceID, externalID string
 	return row.identity(), nil
 }
 
+// readIdentityByID reads a live identity with its sets in the caller's
+// transaction. It returns errIdentityGone when the identity is not live:
+// found earlier in the transaction, it was deleted since.
+func readIdentityByID(ctx context.Context, tx *sqlx.Tx, id string) (Identity, error) {
+	var row identityRow
+	err := tx.GetContext(ctx, &row, selectIdentityFrom+`WHERE i.id = ? AND i.live = 1`, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Identity{}, errIdentityGone
+	}
+	if err != nil {
+		return Identity{}, fmt.Errorf("keystore: read identity: %w", err)
+	}
+	return row.identity(), nil
+}
+
+// selectIdentityFrom is the SELECT list and FROM clause of every full read of
+// identities: the row and its ratelimits, one row per identity. Callers
+// append a WHERE clause over i.
+const selectIdentityFrom = `SELECT i.id, i.workspace_id, i.external_id, i.meta, i.created_at, i.updated_at,
+	(SELECT JSON_ARRAYAGG(` + ratelimitObject + `) FROM keystore_identity_ratelimits rl
+		WHERE rl.identity_id = i.id) AS ratelimits
+FROM keystore_identities i `
+
+// identityRow is an identity read by selectIdentityFrom, or by the narrower
+// selectIdentity of the write path (then Meta, UpdatedAt and Ratelimits are
+// empty).
 type identityRow struct {
-	ID          string `db:"id"`
-	WorkspaceID string `db:"workspace_id"`
-	ExternalID  string `db:"external_id"`
-	CreatedAt   dbTime `db:"created_at"`
+	ID          string                      `db:"id"`
+	WorkspaceID string                      `db:"workspace_id"`
+	ExternalID  string                      `db:"external_id"`
+	Meta        jsonColumn[map[string]any]  `db:"meta"`
+	CreatedAt   dbTime                      `db:"created_at"`
+	UpdatedAt   dbTime                      `db:"updated_at"`
+	Ratelimits  jsonColumn[[]ratelimitJSON] `db:"ratelimits"`
 	created     bool
 }
 
 func (r identityRow) identity() Identity {
-	return Identity{ID: r.ID, WorkspaceID: r.WorkspaceID, ExternalID: r.ExternalID, CreatedAt: r.CreatedAt.Time}
+	return Identity{ID: r.ID, WorkspaceID: r.WorkspaceID, ExternalID: r.ExternalID, Meta: r.Meta.V,
+		Ratelimits: ratelimitsFromJSON(r.Ratelimits.V), CreatedAt: r.CreatedAt.Time, UpdatedAt: r.UpdatedAt.Time}
 }
 
 // keyRow is one row of selectKey.
@@ -83,8 +117,7 @@ func ratelimitsFromJSON(rows []ratelimitJSON) []Ratelimit {
 	return out
 }
 
-// ratelimitJSON is a ratelimit row as JSON_OBJECT('n', name, 'l', lim,
-// 'd', duration_ms, 'a', auto_apply).
+// ratelimitJSON is a ratelimit row as ratelimitObject.
 type ratelimitJSON struct {
 	Name      string `json:"n"`
 	Limit     int64  `json:"l"`
@@ -92,17 +125,30 @@ type ratelimitJSON struct {
 	AutoApply int    `json:"a"`
 }
 
+// ratelimitObject is a row of a ratelimit table aliased rl, as JSON.
+const ratelimitObject = `JSON_OBJECT('n', rl.name, 'l', rl.lim, 'd', rl.duration_ms, 'a', rl.auto_apply)`
+
 // selectKeyFrom is the SELECT list and FROM clause of every key read: the
 // key, its owner, and all its sets, one row per key, so a key (or a page of
 // keys) is read in one statement. Callers append a WHERE clause over k.
+//
+// permissions is the key's direct permissions followed by those of its
+// roles, as one JSON array that may hold duplicates: MySQL's JSON_ARRAYAGG
+// has no DISTINCT, and MariaDB cannot correlate a derived table that would
+// UNION them first. keyRow.key sorts and dedupes it. Each part is an index
+// lookup by key id.
 const selectKeyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name, k.identity_id,
 	i.external_id, k.meta, k.expires, k.enabled, k.remaining, k.refill_interval,
 	k.refill_amount, k.refill_day, k.created_at, k.updated_at,
-	(SELECT JSON_ARRAYAGG(p.slug) FROM keystore_key_permissions kp
-		JOIN keystore_permissions p ON p.id = kp.permission_id WHERE kp.key_id = k.id) AS permissions,
+	JSON_MERGE_PRESERVE(
+		COALESCE((SELECT JSON_ARRAYAGG(p.slug) FROM keystore_key_permissions kp
+			JOIN keystore_permissions p ON p.id = kp.permission_id WHERE kp.key_id = k.id), '[]'),
+		COALESCE((SELECT JSON_ARRAYAGG(p.slug) FROM keystore_key_roles kr
+			JOIN keystore_role_permissions rp ON rp.role_id = kr.role_id
+			JOIN keystore_permissions p ON p.id = rp.permission_id WHERE kr.key_id = k.id), '[]')) AS permissions,
 	(SELECT JSON_ARRAYAGG(r.name) FROM keystore_key_roles kr
 		JOIN keystore_roles r ON r.id = kr.role_id WHERE kr.key_id = k.id) AS roles,
-	(SELECT JSON_ARRAYAGG(JSON_OBJECT('n', rl.name, 'l', rl.lim, 'd', rl.duration_ms, 'a', rl.auto_apply))
+	(SELECT JSON_ARRAYAGG(` + ratelimitObject + `)
 		FROM keystore_ratelimits rl WHERE rl.key_id = k.id) AS ratelimits
 FROM keystore_keys k LEFT JOIN keystore_identities i ON i.id = k.identity_id `
 
@@ -131,6 +177,10 @@ func (r keyRow) key() Key {
 		CreatedAt: r.CreatedAt.Time, UpdatedAt: r.UpdatedAt.Time,
 	}
 	slices.Sort(k.Permissions)
+	k.Permissions = slices.Compact(k.Permissions)
+	if len(k.Permissions) == 0 {
+		k.Permissions = nil // no permissions reads back as nil, like other empty sets
+	}
 	slices.Sort(k.Roles)
 	if r.Remaining.Valid {
 		k.Credits = &Credits{Remaining: r.Remaining.Int64}

@@ -73,7 +73,7 @@ type UpdateKeyRequest struct {
 	Expires     Field[time.Time]
 	Credits     Field[Credits] // Null means unlimited
 	Ratelimits  Field[[]Ratelimit]
-	Permissions Field[[]string]
+	Permissions Field[[]string] // the direct permissions; those of roles stay
 	Roles       Field[[]string]
 	Enabled     Field[bool] // Null is invalid
 }
@@ -91,7 +91,10 @@ type Key struct {
 	Expires     *time.Time
 	Credits     *Credits // nil: unlimited
 	Ratelimits  []Ratelimit
-	Permissions []string // sorted
+	// Permissions is the merged set: the key's direct permissions and those
+	// of its roles, sorted, without duplicates. UpdateKeyRequest.Permissions
+	// replaces only the direct ones.
+	Permissions []string
 	Roles       []string // sorted
 	Enabled     bool
 	CreatedAt   time.Time

@@ -17,7 +17,9 @@ CREATE TABLE IF NOT EXISTS keystore_identities (
   updated_at   DATETIME(6) NOT NULL,
   deleted_at   DATETIME(6) NULL,
   PRIMARY KEY (id),
-  UNIQUE KEY keystore_identities_live (workspace_id, external_id, live)
+  UNIQUE KEY keystore_identities_live (workspace_id, external_id, live),
+  -- ListIdentities: live rows of a workspace in id order, deleted ones skipped
+  KEY keystore_identities_list (workspace_id, live, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 ;
 CREATE TABLE IF NOT EXISTS keystore_keys (
@@ -41,8 +43,10 @@ CREATE TABLE IF NOT EXISTS keystore_keys (
   deleted_at      DATETIME(6) NULL,
   PRIMARY KEY (id),
   UNIQUE KEY keystore_keys_hash (hash),
-  KEY keystore_keys_space (workspace_id, key_space_id, id),
-  KEY keystore_keys_identity (identity_id, id)
+  -- ListKeys pages live keys (deleted_at IS NULL) in id order without
+  -- reading the deleted ones; DeleteIdentity unlinks by identity_id.
+  KEY keystore_keys_space (workspace_id, key_space_id, deleted_at, id),
+  KEY keystore_keys_identity (identity_id, deleted_at, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 ;
 CREATE TABLE IF NOT EXISTS keystore_permissions (

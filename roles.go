@@ -1,0 +1,182 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// CreateRole makes sure a role named name exists in workspaceID and holds at
+// least the permissions of permissionSlugs (missing permissions are
+// created), and returns the role with all its permissions. It is idempotent:
+// when the role exists, the given permissions are added to those it has
+// (never removed), so repeating a call changes nothing. Concurrent calls for
+// one new name all succeed and make one role, holding the union of their
+// permissions.
+//
+// A call writes one audit event when it changed something: role.create when
+// it created the role, role.update when it only added permissions to an
+// existing role, and none when the role already held every permission.
+//
+// Errors: ErrInvalidInput (naming "WorkspaceID", "Name" or
+// "Permissions[i]") when an argument is invalid; nothing is written.
+// Otherwise the errors of [WithRetryTx].
+func (s *Store) CreateRole(ctx context.Context, workspaceID, name string, permissionSlugs []string) (Role, error) {
+	if err := validateRoleRef(workspaceID, name); err != nil {
+		return Role{}, err
+	}
+	if err := validatePermissions("Permissions", permissionSlugs); err != nil {
+		return Role{}, err
+	}
+	slugs := sortedUnique(permissionSlugs)
+	now := s.clock()
+	// READ COMMITTED: the final read must see the links a racing creator of
+	// the same role committed after this transaction's first read.
+	return tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (Role, error) {
+		// Permissions before the role, in the order CreateKey takes them
+		// (permissions, then roles), so the two cannot deadlock.
+		if err := ensurePermissions(ctx, tx, now, workspaceID, slugs); err != nil {
+			return Role{}, err
+		}
+		id, created, err := ensureRole(ctx, tx, now, workspaceID, name)
+		if err != nil {
+			return Role{}, err
+		}
+		added, err := linkRolePermissions(ctx, tx, id, workspaceID, slugs)
+		if err != nil {
+			return Role{}, err
+		}
+		event := audit{event: EventRoleCreate, roleID: id}
+		if !created {
+			event.event = EventRoleUpdate
+		}
+		if created || added > 0 {
+			if err := writeAudit(ctx, tx, now, workspaceID, event); err != nil {
+				return Role{}, err
+			}
+		}
+		return readRole(ctx, tx, id)
+	}, readCommitted)
+}
+
+// ensureRole returns the id of the role name, creating it when there is
+// none, with the protocol of getOrCreate. A role found rather than created
+// is then share-locked, so that it cannot be deleted before this
+// transaction links to it.
+func ensureRole(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, name string) (id string, created bool, err error) {
+	newRole := newID("role")
+	created, err = getOrCreate(ctx, tx, "role", &id,
+		`SELECT id FROM keystore_roles WHERE workspace_id = ? AND name = ?`, []any{workspaceID, name},
+		`INSERT INTO keystore_roles (id, workspace_id, name, created_at) VALUES (?, ?, ?, ?)`,
+		newRole, workspaceID, name, utc(now))
+	switch {
+	case err != nil:
+		return "", false, err
+	case created:
+		return newRole, true, nil
+	}
+	var one int
+	err = tx.GetContext(ctx, &one, `SELECT 1 FROM keystore_roles WHERE id = ? LOCK IN SHARE MODE`, id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", false, fmt.Errorf("keystore: role %q deleted concurrently: %w", name, errConcurrentChange)
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("keystore: lock role: %w", err)
+	}
+	return id, false, nil
+}
+
+// linkRolePermissions links roleID to the permissions of slugs (sorted,
+// unique, all existing) that it does not hold yet, and returns how many it
+// linked. Like linkPermissions, the INSERT ... SELECT reads the permissions
+// under shared locks; IGNORE skips links that exist, waiting for a racing
+// creator of the same link as INSERT would. Rows go in in index order
+// (ORDER BY id), so concurrent creators of one role take the link rows'
+// locks in one order.
+func linkRolePermissions(ctx context.Context, tx *sqlx.Tx, roleID, workspaceID string, slugs []string) (int64, error) {
+	if len(slugs) == 0 {
+		return 0, nil
+	}
+	args := append([]any{roleID, workspaceID}, anys(slugs)...)
+	res, err := tx.ExecContext(ctx, `INSERT IGNORE INTO keystore_role_permissions (role_id, permission_id)
+		SELECT ?, id FROM keystore_permissions WHERE workspace_id = ? AND slug IN (`+placeholders(len(slugs))+`)
+		ORDER BY id LOCK IN SHARE MODE`, args...)
+	if err != nil {
+		return 0, fmt.Errorf("keystore: link role permissions: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// readRole reads a role with its permissions in one statement.
+func readRole(ctx context.Context, tx *sqlx.Tx, id string) (Role, error) {
+	var row struct {
+		ID          string               `db:"id"`
+		WorkspaceID string               `db:"workspace_id"`
+		Name        string               `db:"name"`
+		CreatedAt   dbTime               `db:"created_at"`
+		Permissions jsonColumn[[]string] `db:"permissions"`
+	}
+	err := tx.GetContext(ctx, &row, `SELECT r.id, r.workspace_id, r.name, r.created_at,
+		(SELECT JSON_ARRAYAGG(p.slug) FROM keystore_role_permissions rp
+			JOIN keystore_permissions p ON p.id = rp.permission_id WHERE rp.role_id = r.id) AS permissions
+		FROM keystore_roles r WHERE r.id = ?`, id)
+	if err != nil {
+		return Role{}, fmt.Errorf("keystore: read role: %w", err)
+	}
+	slices.Sort(row.Permissions.V)
+	return Role{ID: row.ID, WorkspaceID: row.WorkspaceID, Name: row.Name, Permissions: row.Permissions.V,
+		CreatedAt: row.CreatedAt.Time}, nil
+}
+
+// DeleteRole deletes the role name and every link to it, in one
+// transaction: keys that held the role lose it, and with it the permissions
+// they had only through it; their direct permissions stay. Unlike keys and
+// identities, a role is deleted for good (the audit event keeps its id), so
+// the name can be created again at once.
+//
+// Errors: ErrInvalidInput for an invalid workspaceID or name; ErrNotFound
+// when the role does not exist. Otherwise the errors of [WithRetryTx].
+func (s *Store) DeleteRole(ctx context.Context, workspaceID, name string) error {
+	if err := validateRoleRef(workspaceID, name); err != nil {
+		return err
+	}
+	now := s.clock()
+	_, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
+		// The exclusive lock comes first: a writer linking a key or a
+		// permission to this role (under a shared lock) waits for it, then
+		// finds the role gone.
+		var id string
+		err := tx.GetContext(ctx, &id, `SELECT id FROM keystore_roles WHERE workspace_id = ? AND name = ? FOR UPDATE`,
+			workspaceID, name)
+		if errors.Is(err, sql.ErrNoRows) {
+			return struct{}{}, fmt.Errorf("keystore: role %q: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return struct{}{}, fmt.Errorf("keystore: lock role: %w", err)
+		}
+		err = exec(ctx, tx, "unlink role from keys", `DELETE FROM keystore_key_roles WHERE role_id = ?`, id)
+		if err == nil {
+			err = exec(ctx, tx, "unlink role permissions", `DELETE FROM keystore_role_permissions WHERE role_id = ?`, id)
+		}
+		if err == nil {
+			err = exec(ctx, tx, "delete role", `DELETE FROM keystore_roles WHERE id = ?`, id)
+		}
+		if err != nil {
+			return struct{}{}, err
+		}
+		return struct{}{}, writeAudit(ctx, tx, now, workspaceID, audit{event: EventRoleDelete, roleID: id})
+	})
+	return err
+}
+
+func validateRoleRef(workspaceID, name string) error {
+	if err := validateID("WorkspaceID", workspaceID, limitIDChars); err != nil {
+		return err
+	}
+	return validateID("Name", name, limitNameChars)
+}

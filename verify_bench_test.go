@@ -1,0 +1,103 @@
+package keystore_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/idsafe/keystore"
+)
+
+// BenchmarkVerifyKey compares VerifyKey with the floor it is held to: a bare
+// SELECT of one row by the same unique index (the key hash), on the same
+// server and key, in one run:
+//
+//	bare-select       SELECT id FROM keystore_keys WHERE hash = ?
+//	verify-unlimited  VerifyKey of a key without credits (with an owner, a
+//	                  permission, a role and a ratelimit: everything it returns)
+//	verify-credits    VerifyKey of a key with credits: one conditional UPDATE more
+//
+// at concurrency 1 and 16, and verify-credits on one hot key from 64
+// goroutines. Metrics as in BenchmarkCreateKey.
+func BenchmarkVerifyKey(b *testing.B) {
+	for _, c := range []int{1, 16, 64} {
+		for _, shape := range []string{"bare-select", "verify-unlimited", "verify-credits"} {
+			if c == 64 && shape != "verify-credits" {
+				continue
+			}
+			b.Run(fmt.Sprintf("c=%d/shape=%s", c, shape), func(b *testing.B) { benchVerify(b, c, shape) })
+		}
+	}
+}
+
+func benchVerify(b *testing.B, workers int, shape string) {
+	ctx := context.Background()
+	store, db := newStore(b)
+	createRole(b, db, benchWorkspace, "reader")
+	req := keystore.CreateKeyRequest{WorkspaceID: benchWorkspace, KeySpaceID: benchKeySpace, ExternalID: "owner",
+		Permissions: []string{"read"}, Roles: []string{"reader"},
+		Ratelimits: []keystore.Ratelimit{{Name: "rps", Limit: 10, Duration: time.Second}}}
+	if shape == "verify-credits" {
+		req.Credits = &keystore.Credits{Remaining: 1 << 40}
+	}
+	key, err := store.CreateKey(ctx, req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hash := sha256Sum(key.Key)
+	op := func() error {
+		v, err := store.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: benchKeySpace, Key: key.Key})
+		if err == nil && !v.Valid {
+			err = fmt.Errorf("verification %s", v.Code)
+		}
+		return err
+	}
+	if shape == "bare-select" {
+		op = func() error {
+			var id string
+			return db.GetContext(ctx, &id, `SELECT id FROM keystore_keys WHERE hash = ?`, hash)
+		}
+	}
+	warmPool(b, db, min(workers, 90))
+	status, err := db.DB.Conn(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer status.Close()
+	q0 := questions(b, status)
+	showCost := questions(b, status) - q0
+
+	durs := make([]time.Duration, b.N)
+	errs := make([]error, b.N)
+	before := questions(b, status)
+	b.ResetTimer()
+	runWorkers(b.N, workers, func(i int) {
+		start := time.Now()
+		errs[i] = op()
+		durs[i] = time.Since(start)
+	})
+	b.StopTimer()
+	after := questions(b, status)
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			if failed == 0 {
+				b.Logf("e.g. %v", err)
+			}
+			failed++
+		}
+	}
+	slices.Sort(durs)
+	b.ReportMetric(float64(failed)/float64(b.N), "errors/op")
+	b.ReportMetric(float64(after-before-showCost)/float64(b.N), "stmts/op")
+	b.ReportMetric(ms(percentile(durs, 0.50)), "p50-ms")
+	b.ReportMetric(ms(percentile(durs, 0.99)), "p99-ms")
+}
+
+func sha256Sum(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:]
+}
