@@ -78,18 +78,15 @@ func (r *UpdateIdentityRequest) validate() error {
 // DeleteIdentity soft-deletes the live identity of externalID: the row stays
 // (for the audit trail), but no longer counts as the identity of externalID,
 // so the next CreateKey or EnsureIdentity for it creates a new identity;
-// this can repeat any number of times. In the same transaction the
-// identity's ratelimits are deleted and its keys, which stay valid, lose
-// their owner (IdentityID and ExternalID become ""). One identity.delete
-// event is written; the unlinked keys get none of their own.
+// this can repeat any number of times. Its ratelimits are deleted in the
+// same transaction. Its keys stay valid and lose their owner: every read
+// (GetKey, ListKeys, VerifyKey) reports them with IdentityID and ExternalID
+// "". Their rows keep the old identity id, so the audit trail can still tell
+// whose they were. One identity.delete event is written.
 //
-// A racing CreateKey for externalID either committed first (its key is
-// unlinked) or links its key to a new identity: no key ever points at a
-// deleted identity. The price is paid by the racing writers: every CreateKey
-// or UpdateKey for externalID in flight while the delete waits for its lock
-// runs its transaction again. Deleting one identity every few milliseconds
-// while keys are being created for it can make such a call fail with
-// ErrRetriesExhausted (see [MaxAttempts]).
+// A CreateKey for externalID that overlaps the delete either links the old
+// identity (and its key is unowned, as if it was created just before the
+// delete) or the next one; it never fails because of the delete.
 //
 // Errors: ErrInvalidInput for an invalid workspaceID or externalID;
 // ErrNotFound when there is no live identity of externalID. Otherwise the
@@ -100,18 +97,12 @@ func (s *Store) DeleteIdentity(ctx context.Context, workspaceID, externalID stri
 	}
 	now := s.clock()
 	_, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
-		// The exclusive lock comes first: from here on, a writer that links
-		// a key to this identity waits for it, then sees it deleted.
 		id, err := lockLiveIdentity(ctx, tx, workspaceID, externalID)
 		if err != nil {
 			return struct{}{}, err
 		}
 		err = exec(ctx, tx, "delete identity",
 			`UPDATE keystore_identities SET live = NULL, deleted_at = ?, updated_at = ? WHERE id = ?`, utc(now), utc(now), id)
-		if err == nil {
-			err = exec(ctx, tx, "unlink keys",
-				`UPDATE keystore_keys SET identity_id = NULL, updated_at = ? WHERE identity_id = ?`, utc(now), id)
-		}
 		if err == nil {
 			err = exec(ctx, tx, "delete identity ratelimits", `DELETE FROM keystore_identity_ratelimits WHERE identity_id = ?`, id)
 		}

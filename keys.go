@@ -56,10 +56,10 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 			return "", err
 		}
 		cols := []any{keyID, req.WorkspaceID, req.KeySpaceID, hash, start, nullString(req.Name),
-			identityID, meta, nullableUTC(req.Expires), !req.Disabled}
+			nullString(identityID), meta, nullableUTC(req.Expires), !req.Disabled}
 		cols = append(cols, creditColumns(req.Credits, now)...)
 		cols = append(cols, utc(now), utc(now))
-		if err := insertKey(ctx, tx, cols, identityID); err != nil {
+		if err := insertKey(ctx, tx, cols); err != nil {
 			return "", err
 		}
 		if err := linkPermissions(ctx, tx, keyID, req.WorkspaceID, permissions); err != nil {
@@ -82,25 +82,11 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 const keyColumns = `id, workspace_id, key_space_id, hash, start, name, identity_id, meta, expires,
 	enabled, remaining, refill_interval, refill_amount, refill_day, refilled_at, created_at, updated_at`
 
-// insertKey inserts one key row. With an identity, the row is inserted by
-// INSERT ... SELECT from the live identity under a shared lock, so an
-// identity deleted since it was read is noticed (errIdentityGone, retried)
-// in the same statement rather than linked.
-func insertKey(ctx context.Context, tx *sqlx.Tx, cols []any, identityID string) error {
-	if identityID == "" {
-		_, err := tx.ExecContext(ctx, `INSERT INTO keystore_keys (`+keyColumns+`) VALUES (`+placeholders(len(cols))+`)`, cols...)
-		if err != nil {
-			return fmt.Errorf("keystore: insert key: %w", err)
-		}
-		return nil
-	}
-	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_keys (`+keyColumns+`) SELECT `+placeholders(len(cols))+
-		` FROM keystore_identities WHERE id = ? AND live = 1 LOCK IN SHARE MODE`, append(cols, identityID)...)
+// insertKey inserts one key row.
+func insertKey(ctx context.Context, tx *sqlx.Tx, cols []any) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_keys (`+keyColumns+`) VALUES (`+placeholders(len(cols))+`)`, cols...)
 	if err != nil {
 		return fmt.Errorf("keystore: insert key: %w", err)
-	}
-	if n, err := res.RowsAffected(); err != nil || n != 1 {
-		return errIdentityGone
 	}
 	return nil
 }
@@ -179,8 +165,6 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 			}
 			if identity.created {
 				events = append(events, audit{event: EventIdentityCreate, identityID: identity.ID})
-			} else if err := lockIdentity(ctx, tx, identity.ID); err != nil {
-				return Key{}, err
 			}
 			events[0].identityID = identity.ID
 			sets, args = append(sets, "identity_id = ?"), append(args, identity.ID)

@@ -137,7 +137,7 @@ const ratelimitObject = `JSON_OBJECT('n', rl.name, 'l', rl.lim, 'd', rl.duration
 // has no DISTINCT, and MariaDB cannot correlate a derived table that would
 // UNION them first. keyRow.key sorts and dedupes it. Each part is an index
 // lookup by key id.
-const selectKeyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name, k.identity_id,
+const selectKeyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name, i.id AS identity_id,
 	i.external_id, k.meta, k.expires, k.enabled, k.remaining, k.refill_interval,
 	k.refill_amount, k.refill_day, k.created_at, k.updated_at,
 	JSON_MERGE_PRESERVE(
@@ -150,7 +150,7 @@ const selectKeyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.n
 		JOIN keystore_roles r ON r.id = kr.role_id WHERE kr.key_id = k.id) AS roles,
 	(SELECT JSON_ARRAYAGG(` + ratelimitObject + `)
 		FROM keystore_ratelimits rl WHERE rl.key_id = k.id) AS ratelimits
-FROM keystore_keys k LEFT JOIN keystore_identities i ON i.id = k.identity_id `
+FROM keystore_keys k LEFT JOIN keystore_identities i ON i.id = k.identity_id AND i.live = 1 `
 
 const selectKey = selectKeyFrom + `WHERE k.id = ? AND k.workspace_id = ? AND k.deleted_at IS NULL`
 
