@@ -273,9 +273,11 @@ func TestConcurrentDeleteAndRecreateIdentity(t *testing.T) {
 // one external id, and a sampler of its live identities, for duration. It
 // fails the test on any error and any broken invariant.
 func deleteWhileCreating(t *testing.T, duration, pause time.Duration) {
-	var retries, deadlocks atomic.Int64
-	s, db := newStore(t, keystore.WithRetryOptions(keystore.OnRetry(func(_ int, err error) {
+	var retries, deadlocks, mostRetries atomic.Int64
+	s, db := newStore(t, keystore.WithRetryOptions(keystore.OnRetry(func(attempt int, err error) {
 		retries.Add(1)
+		for m := mostRetries.Load(); int64(attempt) > m && !mostRetries.CompareAndSwap(m, int64(attempt)); m = mostRetries.Load() {
+		}
 		if keystore.IsDeadlock(err) {
 			deadlocks.Add(1)
 		}
@@ -323,8 +325,8 @@ func deleteWhileCreating(t *testing.T, duration, pause time.Duration) {
 			}
 		}
 	})
-	t.Logf("%d keys created, %d identities deleted; %d retries, %d of them deadlocks",
-		createdKeys.Load(), deletes.Load(), retries.Load(), deadlocks.Load())
+	t.Logf("%d keys created, %d identities deleted; %d retries, %d of them deadlocks; at most %d retries in one call",
+		createdKeys.Load(), deletes.Load(), retries.Load(), deadlocks.Load(), mostRetries.Load())
 	checkIdentityInvariants(t, s, db, createdKeys.Load(), deletes.Load(), maxLive.Load())
 	failOnErrors(t, errs)
 	if deletes.Load() < 5 || createdKeys.Load() < 50 {
