@@ -27,6 +27,7 @@ import (
 // same schema, in one run:
 //
 //	keystore     Store.CreateKey (plain read, INSERT, on 1062 a shared-lock read)
+//	keystore-noaudit  the same, with WithoutAudit: one statement less
 //	seed-naive   find-then-insert, no retry: a 1062 or 1213 is an error
 //	seed-retry3  the seed's fix: the whole transaction up to 3 times, no
 //	             backoff, on 1062/1213; after a duplicate the identity is
@@ -92,12 +93,14 @@ type baseline func(ctx context.Context, db *sqlx.DB, workspace, externalID strin
 
 type benchShape struct {
 	name string
-	fn   baseline // nil for keystore, which goes through the Store
+	fn   baseline          // nil for keystore, which goes through the Store
+	opts []keystore.Option // of that Store
 }
 
 func benchShapes() []benchShape {
 	return []benchShape{
 		{name: "keystore"},
+		{name: "keystore-noaudit", opts: []keystore.Option{keystore.WithoutAudit()}},
 		{name: "seed-naive", fn: seedNaive},
 		{name: "seed-retry3", fn: seedRetry3(false)},
 		{name: "seed-retry3+audit", fn: seedRetry3(true)},
@@ -113,9 +116,9 @@ func benchCreateKey(b *testing.B, scenario string, workers int, sh benchShape) {
 
 	counters := &benchCounters{retries: map[string]int{}, errs: map[string]int{}}
 	ctx = context.WithValue(ctx, benchCountersKey{}, counters)
-	store, db := newStore(b, keystore.WithRetryOptions(keystore.OnRetry(func(_ int, err error) {
+	store, db := newStore(b, append(sh.opts, keystore.WithRetryOptions(keystore.OnRetry(func(_ int, err error) {
 		counters.retry(err)
-	})))
+	})))...)
 	op := func(ctx context.Context, externalID string) error {
 		_, err := store.CreateKey(ctx, keystore.CreateKeyRequest{
 			WorkspaceID: benchWorkspace, KeySpaceID: benchKeySpace, ExternalID: externalID})

@@ -53,7 +53,7 @@ func (s *Store) UpdateIdentity(ctx context.Context, req UpdateIdentityRequest) (
 				return Identity{}, err
 			}
 		}
-		if err := writeAudit(ctx, tx, now, req.WorkspaceID, audit{event: EventIdentityUpdate, identityID: id}); err != nil {
+		if err := s.writeAudit(ctx, tx, now, req.WorkspaceID, audit{event: EventIdentityUpdate, identityID: id}); err != nil {
 			return Identity{}, err
 		}
 		return readIdentityByID(ctx, tx, id)
@@ -109,7 +109,7 @@ func (s *Store) DeleteIdentity(ctx context.Context, workspaceID, externalID stri
 		if err != nil {
 			return struct{}{}, err
 		}
-		return struct{}{}, writeAudit(ctx, tx, now, workspaceID, audit{event: EventIdentityDelete, identityID: id})
+		return struct{}{}, s.writeAudit(ctx, tx, now, workspaceID, audit{event: EventIdentityDelete, identityID: id})
 	})
 	return err
 }

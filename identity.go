@@ -211,7 +211,7 @@ func (s *Store) EnsureIdentity(ctx context.Context, workspaceID, externalID stri
 			return Identity{}, err
 		}
 		if row.created {
-			return row.identity(), writeAudit(ctx, tx, now, workspaceID, audit{event: EventIdentityCreate, identityID: row.ID})
+			return row.identity(), s.writeAudit(ctx, tx, now, workspaceID, audit{event: EventIdentityCreate, identityID: row.ID})
 		}
 		return readIdentityByID(ctx, tx, row.ID)
 	}, readCommitted)

@@ -71,7 +71,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 		if err := insertRatelimits(ctx, tx, keyID, req.Ratelimits); err != nil {
 			return "", err
 		}
-		return identityID, writeAudit(ctx, tx, now, req.WorkspaceID, events...)
+		return identityID, s.writeAudit(ctx, tx, now, req.WorkspaceID, events...)
 	})
 	if err != nil {
 		return CreatedKey{}, err
@@ -199,7 +199,7 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 				return Key{}, err
 			}
 		}
-		if err := writeAudit(ctx, tx, now, req.WorkspaceID, events...); err != nil {
+		if err := s.writeAudit(ctx, tx, now, req.WorkspaceID, events...); err != nil {
 			return Key{}, err
 		}
 		return getKey(ctx, tx, req.WorkspaceID, req.KeyID)
@@ -321,7 +321,7 @@ func (s *Store) DeleteKey(ctx context.Context, workspaceID, keyID string) error 
 			utc(now), utc(now), keyID); err != nil {
 			return struct{}{}, fmt.Errorf("keystore: delete key: %w", err)
 		}
-		return struct{}{}, writeAudit(ctx, tx, now, workspaceID,
+		return struct{}{}, s.writeAudit(ctx, tx, now, workspaceID,
 			audit{event: EventKeyDelete, keyID: keyID, identityID: row.IdentityID.String})
 	})
 	return err

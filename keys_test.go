@@ -377,3 +377,18 @@ func TestWithoutParseTime(t *testing.T) {
 		t.Fatalf("times read back wrong without parseTime: expires %v, created %v", k.Expires, k.CreatedAt)
 	}
 }
+
+func TestWithoutAuditWritesNoEvents(t *testing.T) {
+	s, db := newStore(t, keystore.WithoutAudit())
+	ctx := context.Background()
+	c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: c.KeyID, Name: keystore.Set("n")}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_audit_events`); n != 0 {
+		t.Fatalf("%d audit events written by a Store made WithoutAudit", n)
+	}
+}

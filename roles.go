@@ -56,7 +56,7 @@ func (s *Store) CreateRole(ctx context.Context, workspaceID, name string, permis
 			event.event = EventRoleUpdate
 		}
 		if created || added > 0 {
-			if err := writeAudit(ctx, tx, now, workspaceID, event); err != nil {
+			if err := s.writeAudit(ctx, tx, now, workspaceID, event); err != nil {
 				return Role{}, err
 			}
 		}
@@ -169,7 +169,7 @@ func (s *Store) DeleteRole(ctx context.Context, workspaceID, name string) error 
 		if err != nil {
 			return struct{}{}, err
 		}
-		return struct{}{}, writeAudit(ctx, tx, now, workspaceID, audit{event: EventRoleDelete, roleID: id})
+		return struct{}{}, s.writeAudit(ctx, tx, now, workspaceID, audit{event: EventRoleDelete, roleID: id})
 	})
 	return err
 }
