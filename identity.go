@@ -77,22 +77,24 @@ func getOrCreate(ctx context.Context, tx *sqlx.Tx, noun string, dest any, find s
 }
 
 // ensureIdentity returns the live identity of externalID in workspaceID,
-// creating it when there is none (then the row has created set).
+// creating it when there is none (then the row has created set). A found
+// row has only ID, WorkspaceID and ExternalID.
 func ensureIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string) (identityRow, error) {
 	created := identityRow{ID: newID("id"), WorkspaceID: workspaceID, ExternalID: externalID,
 		CreatedAt: dbTime{now, true}, UpdatedAt: dbTime{now, true}, created: true}
-	var found identityRow
-	isNew, err := getOrCreate(ctx, tx, "identity", &found, selectIdentity, []any{workspaceID, externalID},
+	var foundID string
+	isNew, err := getOrCreate(ctx, tx, "identity", &foundID, selectIdentityID, []any{workspaceID, externalID},
 		`INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at) VALUES (?, ?, ?, 1, ?, ?)`,
 		created.ID, workspaceID, externalID, utc(now), utc(now))
 	if isNew {
 		return created, nil
 	}
-	return found, err
+	return identityRow{ID: foundID, WorkspaceID: workspaceID, ExternalID: externalID}, err
 }
 
-const selectIdentity = `SELECT id, workspace_id, external_id, created_at
-	FROM keystore_identities WHERE workspace_id = ? AND external_id = ? AND live = 1`
+// selectIdentityID finds the id of a live identity: the first statement of
+// every write that names an owner, so it reads nothing else.
+const selectIdentityID = `SELECT id FROM keystore_identities WHERE workspace_id = ? AND external_id = ? AND live = 1`
 
 // errIdentityGone: an identity read in this transaction was deleted by
 // another before it could be read again. WithRetryTx runs the transaction

@@ -63,9 +63,9 @@ const selectIdentityFrom = `SELECT i.id, i.workspace_id, i.external_id, i.meta, 
 		WHERE rl.identity_id = i.id) AS ratelimits
 FROM keystore_identities i `
 
-// identityRow is an identity read by selectIdentityFrom, or by the narrower
-// selectIdentity of the write path (then Meta, UpdatedAt and Ratelimits are
-// empty).
+// identityRow is an identity read by selectIdentityFrom, or found by the
+// write path's ensureIdentity (then only ID, WorkspaceID and ExternalID are
+// set).
 type identityRow struct {
 	ID          string                      `db:"id"`
 	WorkspaceID string                      `db:"workspace_id"`
