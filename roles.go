@@ -65,28 +65,30 @@ func (s *Store) CreateRole(ctx context.Context, workspaceID, name string, permis
 }
 
 // ensureRole returns the id of the role name, creating it when there is
-// none, with the protocol of getOrCreate. A role found rather than created
-// is then share-locked, so that it cannot be deleted before this
-// transaction links to it.
+// none, and holds the role's row exclusively until the transaction ends, so
+// concurrent CreateRole and DeleteRole calls of one name apply one after the
+// other.
+//
+// Unlike identities, which many writers find at once, a role is got or
+// created only by CreateRole, so the exclusive lock costs nothing that
+// matters, and it avoids a deadlock: when a role is deleted while creators
+// of its name wait, a plain INSERT leaves each of them holding a shared lock
+// on the deleted record and asking for an exclusive one to reuse it. INSERT
+// ... ON DUPLICATE KEY UPDATE asks for the exclusive lock at once.
 func ensureRole(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, name string) (id string, created bool, err error) {
 	newRole := newID("role")
-	created, err = getOrCreate(ctx, tx, "role", &id,
-		`SELECT id FROM keystore_roles WHERE workspace_id = ? AND name = ?`, []any{workspaceID, name},
-		`INSERT INTO keystore_roles (id, workspace_id, name, created_at) VALUES (?, ?, ?, ?)`,
-		newRole, workspaceID, name, utc(now))
-	switch {
-	case err != nil:
-		return "", false, err
-	case created:
+	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_roles (id, workspace_id, name, created_at) VALUES (?, ?, ?, ?)
+		ON DUPLICATE KEY UPDATE id = id`, newRole, workspaceID, name, utc(now))
+	if err != nil {
+		return "", false, fmt.Errorf("keystore: create role: %w", err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 1 {
 		return newRole, true, nil
 	}
-	var one int
-	err = tx.GetContext(ctx, &one, `SELECT 1 FROM keystore_roles WHERE id = ? LOCK IN SHARE MODE`, id)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", false, fmt.Errorf("keystore: role %q deleted concurrently: %w", name, errConcurrentChange)
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("keystore: lock role: %w", err)
+	// It existed; the exclusive lock is already ours.
+	if err := tx.GetContext(ctx, &id, `SELECT id FROM keystore_roles WHERE workspace_id = ? AND name = ? FOR UPDATE`,
+		workspaceID, name); err != nil {
+		return "", false, fmt.Errorf("keystore: read role: %w", err)
 	}
 	return id, false, nil
 }
@@ -149,7 +151,9 @@ func (s *Store) DeleteRole(ctx context.Context, workspaceID, name string) error 
 	_, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
 		// The exclusive lock comes first: a writer linking a key or a
 		// permission to this role (under a shared lock) waits for it, then
-		// finds the role gone.
+		// finds the role gone. Every lock on a role is taken through its
+		// primary key (workspace_id, name), never through the id index, so
+		// no two transactions take a role's locks in different orders.
 		var id string
 		err := tx.GetContext(ctx, &id, `SELECT id FROM keystore_roles WHERE workspace_id = ? AND name = ? FOR UPDATE`,
 			workspaceID, name)

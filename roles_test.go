@@ -263,7 +263,12 @@ func TestConcurrentCreateRole(t *testing.T) {
 // other callers add permissions to them: no link to a deleted role is left
 // behind, and nothing fails except CreateKey naming a role that is gone.
 func TestConcurrentDeleteRoleWhileLinking(t *testing.T) {
-	s, db := newStore(t)
+	var retries, mostRetries atomic.Int64
+	s, db := newStore(t, keystore.WithRetryOptions(keystore.OnRetry(func(attempt int, _ error) {
+		retries.Add(1)
+		for m := mostRetries.Load(); int64(attempt) > m && !mostRetries.CompareAndSwap(m, int64(attempt)); m = mostRetries.Load() {
+		}
+	})))
 	ctx := context.Background()
 	duration := time.Second
 	if short() {
@@ -298,6 +303,7 @@ func TestConcurrentDeleteRoleWhileLinking(t *testing.T) {
 				} else if err == nil {
 					deletes.Add(1)
 				}
+				time.Sleep(2 * time.Millisecond) // leave the role alive now and then, for keys to link
 			}
 			if err != nil {
 				return err
@@ -305,7 +311,8 @@ func TestConcurrentDeleteRoleWhileLinking(t *testing.T) {
 		}
 	})
 	failOnErrors(t, errs)
-	t.Logf("%d keys with the role, %d without a role to link, %d deletes", keys.Load(), missing.Load(), deletes.Load())
+	t.Logf("%d keys with the role, %d without a role to link, %d deletes; %d retries, at most %d in one call",
+		keys.Load(), missing.Load(), deletes.Load(), retries.Load(), mostRetries.Load())
 	if deletes.Load() < 3 || keys.Load() < 3 {
 		t.Fatalf("too little contention: %d deletes, %d keys", deletes.Load(), keys.Load())
 	}

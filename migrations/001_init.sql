@@ -63,8 +63,12 @@ CREATE TABLE IF NOT EXISTS keystore_roles (
   workspace_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
   name         VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
   created_at   DATETIME(6) NOT NULL,
-  PRIMARY KEY (id),
-  UNIQUE KEY keystore_roles_name (workspace_id, name)
+  -- The name is the primary key, so every lock on a role is taken through
+  -- one index (roles.go), and re-creating a deleted name reuses its
+  -- clustered record under a record lock instead of next-key locks on a
+  -- secondary index's delete-marked entries.
+  PRIMARY KEY (workspace_id, name),
+  UNIQUE KEY keystore_roles_id (id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 ;
 CREATE TABLE IF NOT EXISTS keystore_key_permissions (
