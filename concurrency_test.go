@@ -63,9 +63,9 @@ func TestConcurrentCreateKeyOneNewExternalID(t *testing.T) {
 			WHERE k.identity_id = ?`, identity.ID); n != workers*len(perms) {
 			t.Fatalf("round %d: %d permission links, want %d", round, n, workers*len(perms))
 		}
-		if n := count(t, db, `SELECT COUNT(*) FROM keystore_ratelimits rl JOIN keystore_keys k ON k.id = rl.key_id
-			WHERE k.identity_id = ?`, identity.ID); n != workers*2 {
-			t.Fatalf("round %d: %d ratelimits, want %d", round, n, workers*2)
+		if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE identity_id = ?
+			AND JSON_LENGTH(ratelimits) = 2 AND JSON_LENGTH(permissions) = ?`, identity.ID, len(perms)); n != workers {
+			t.Fatalf("round %d: %d keys carry both ratelimits and all permissions, want %d", round, n, workers)
 		}
 	}
 }
@@ -154,6 +154,7 @@ func TestOppositeOrderPermissionSets(t *testing.T) {
 			}
 		}
 	}
+	checkCachedSets(t, db)
 }
 
 // Two transactions that lock two rows in opposite orders deadlock for real;

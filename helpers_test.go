@@ -2,8 +2,10 @@ package keystore_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 
@@ -40,7 +42,7 @@ func count(t testing.TB, db *sqlx.DB, query string, args ...any) int {
 }
 
 var allTables = []string{"keystore_identities", "keystore_keys", "keystore_permissions", "keystore_roles",
-	"keystore_key_permissions", "keystore_key_roles", "keystore_ratelimits", "keystore_identity_ratelimits",
+	"keystore_key_permissions", "keystore_key_roles",
 	"keystore_role_permissions", "keystore_audit_events"}
 
 // rowsInAllTables counts the rows of every keystore table.
@@ -120,3 +122,46 @@ func failOnErrors(t testing.TB, errs []error) {
 
 // short reports whether to run the reduced version of long tests.
 func short() bool { return testing.Short() || os.Getenv("KEYSTORE_QUICK") != "" }
+
+// checkCachedSets asserts that every key's permissions and roles, as kept
+// on its row, match what its links say.
+func checkCachedSets(t testing.TB, db *sqlx.DB) {
+	t.Helper()
+	var keys []struct {
+		ID          string  `db:"id"`
+		Permissions *string `db:"permissions"`
+		Roles       *string `db:"roles"`
+	}
+	if err := db.Select(&keys, `SELECT id, permissions, roles FROM keystore_keys`); err != nil {
+		t.Fatal(err)
+	}
+	decode := func(s *string) []string {
+		var v []string
+		if s != nil {
+			if err := json.Unmarshal([]byte(*s), &v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		slices.Sort(v)
+		return slices.Compact(v)
+	}
+	for _, k := range keys {
+		var perms, roles []string
+		if err := db.Select(&perms, `SELECT slug FROM keystore_permissions WHERE id IN (
+			SELECT permission_id FROM keystore_key_permissions WHERE key_id = ?
+			UNION SELECT rp.permission_id FROM keystore_key_roles kr
+				JOIN keystore_role_permissions rp ON rp.role_id = kr.role_id WHERE kr.key_id = ?) ORDER BY slug`, k.ID, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Select(&roles, `SELECT r.name FROM keystore_key_roles kr JOIN keystore_roles r ON r.id = kr.role_id
+			WHERE kr.key_id = ? ORDER BY r.name`, k.ID); err != nil {
+			t.Fatal(err)
+		}
+		if got := decode(k.Permissions); !slices.Equal(got, perms) && len(got)+len(perms) > 0 {
+			t.Errorf("key %s: kept permissions %v, links say %v", k.ID, got, perms)
+		}
+		if got := decode(k.Roles); !slices.Equal(got, roles) && len(got)+len(roles) > 0 {
+			t.Errorf("key %s: kept roles %v, links say %v", k.ID, got, roles)
+		}
+	}
+}

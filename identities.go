@@ -45,13 +45,11 @@ func (s *Store) UpdateIdentity(ctx context.Context, req UpdateIdentityRequest) (
 		if req.Meta.Present() {
 			sets, args = sets+", meta = ?", append(args, meta)
 		}
+		if req.Ratelimits.Present() {
+			sets, args = sets+", ratelimits = ?", append(args, ratelimitsValue(valueOrZero(req.Ratelimits)))
+		}
 		if err := exec(ctx, tx, "update identity", `UPDATE keystore_identities SET `+sets+` WHERE id = ?`, append(args, id)...); err != nil {
 			return Identity{}, err
-		}
-		if req.Ratelimits.Present() {
-			if err := replaceIdentityRatelimits(ctx, tx, id, valueOrZero(req.Ratelimits)); err != nil {
-				return Identity{}, err
-			}
 		}
 		if err := s.writeAudit(ctx, tx, now, req.WorkspaceID, audit{event: EventIdentityUpdate, identityID: id}); err != nil {
 			return Identity{}, err
@@ -101,11 +99,8 @@ func (s *Store) DeleteIdentity(ctx context.Context, workspaceID, externalID stri
 		if err != nil {
 			return struct{}{}, err
 		}
-		err = exec(ctx, tx, "delete identity",
-			`UPDATE keystore_identities SET live = NULL, deleted_at = ?, updated_at = ? WHERE id = ?`, utc(now), utc(now), id)
-		if err == nil {
-			err = exec(ctx, tx, "delete identity ratelimits", `DELETE FROM keystore_identity_ratelimits WHERE identity_id = ?`, id)
-		}
+		err = exec(ctx, tx, "delete identity", `UPDATE keystore_identities
+			SET live = NULL, ratelimits = NULL, deleted_at = ?, updated_at = ? WHERE id = ?`, utc(now), utc(now), id)
 		if err != nil {
 			return struct{}{}, err
 		}
@@ -138,21 +133,6 @@ func lockLiveIdentity(ctx context.Context, tx *sqlx.Tx, workspaceID, externalID 
 		return "", fmt.Errorf("keystore: lock identity: %w", err)
 	}
 	return id, nil
-}
-
-// replaceIdentityRatelimits replaces the ratelimits of identityID, whose row
-// the caller has locked.
-func replaceIdentityRatelimits(ctx context.Context, tx *sqlx.Tx, identityID string, rls []Ratelimit) error {
-	err := exec(ctx, tx, "delete identity ratelimits", `DELETE FROM keystore_identity_ratelimits WHERE identity_id = ?`, identityID)
-	if err != nil || len(rls) == 0 {
-		return err
-	}
-	args := make([]any, 0, 5*len(rls))
-	for _, rl := range rls {
-		args = append(args, identityID, rl.Name, rl.Limit, rl.Duration.Milliseconds(), rl.AutoApply)
-	}
-	return exec(ctx, tx, "insert identity ratelimits", `INSERT INTO keystore_identity_ratelimits
-		(identity_id, name, lim, duration_ms, auto_apply) VALUES `+rows(len(rls), 5), args...)
 }
 
 // exec runs one statement of a transaction, naming it in its error.

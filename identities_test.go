@@ -57,7 +57,7 @@ func TestDeleteIdentity(t *testing.T) {
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_identities WHERE id = ? AND live IS NULL AND deleted_at IS NOT NULL`, identity.ID); n != 1 {
 		t.Fatalf("%d deleted rows for the identity, want 1", n)
 	}
-	if n := count(t, db, `SELECT COUNT(*) FROM keystore_identity_ratelimits WHERE identity_id = ?`, identity.ID); n != 0 {
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_identities WHERE id = ? AND ratelimits IS NOT NULL`, identity.ID); n != 0 {
 		t.Fatalf("%d ratelimits left for the deleted identity", n)
 	}
 	// Deleting it again, or an identity that never existed, is ErrNotFound
@@ -169,7 +169,7 @@ func TestUpdateIdentity(t *testing.T) {
 	if err != nil || got.Meta != nil || got.Ratelimits != nil {
 		t.Fatalf("clearing update: %+v, %v", got, err)
 	}
-	if n := count(t, db, `SELECT COUNT(*) FROM keystore_identity_ratelimits`); n != 0 {
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_identities WHERE ratelimits IS NOT NULL`); n != 0 {
 		t.Fatalf("%d identity ratelimits left after clearing", n)
 	}
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_identities WHERE meta IS NULL`); n != 1 {

@@ -24,7 +24,7 @@ import (
 //
 // Statements: 5 when the identity exists (BEGIN, find identity, insert key,
 // audit event, COMMIT), 6 when it is new, plus 2 for permissions (new or
-// not), 1 for roles and 1 for ratelimits.
+// not) and 2 for roles; ratelimits cost none.
 func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error) {
 	now := s.clock()
 	if err := req.validate(now); err != nil {
@@ -58,18 +58,22 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 		cols := []any{keyID, req.WorkspaceID, req.KeySpaceID, hash, start, nullString(req.Name),
 			nullString(identityID), meta, nullableUTC(req.Expires), !req.Disabled}
 		cols = append(cols, creditColumns(req.Credits, now)...)
-		cols = append(cols, utc(now), utc(now))
+		cols = append(cols, jsonList(permissions), jsonList(roles), ratelimitsValue(req.Ratelimits), utc(now), utc(now))
 		if err := insertKey(ctx, tx, cols); err != nil {
 			return "", err
 		}
 		if err := linkPermissions(ctx, tx, keyID, req.WorkspaceID, permissions); err != nil {
 			return "", err
 		}
-		if err := linkRoles(ctx, tx, keyID, req.WorkspaceID, roles); err != nil {
-			return "", err
-		}
-		if err := insertRatelimits(ctx, tx, keyID, req.Ratelimits); err != nil {
-			return "", err
+		if len(roles) > 0 {
+			// The roles' permissions join the key's only now, under the
+			// shared locks linkRoles took on the roles (see sets.go).
+			if err := linkRoles(ctx, tx, keyID, req.WorkspaceID, roles); err != nil {
+				return "", err
+			}
+			if err := refreshKeySets(ctx, tx, keyID); err != nil {
+				return "", err
+			}
 		}
 		return identityID, s.writeAudit(ctx, tx, now, req.WorkspaceID, events...)
 	})
@@ -80,7 +84,8 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 }
 
 const keyColumns = `id, workspace_id, key_space_id, hash, start, name, identity_id, meta, expires,
-	enabled, remaining, refill_interval, refill_amount, refill_day, refilled_at, created_at, updated_at`
+	enabled, remaining, refill_interval, refill_amount, refill_day, refilled_at, permissions, roles, ratelimits,
+	created_at, updated_at`
 
 // insertKey inserts one key row.
 func insertKey(ctx context.Context, tx *sqlx.Tx, cols []any) error {
@@ -105,22 +110,6 @@ func creditColumns(c *Credits, now time.Time) []any {
 		day = c.Refill.Day
 	}
 	return []any{c.Remaining, string(c.Refill.Interval), c.Refill.Amount, day, utc(now)}
-}
-
-func insertRatelimits(ctx context.Context, tx *sqlx.Tx, keyID string, rls []Ratelimit) error {
-	if len(rls) == 0 {
-		return nil
-	}
-	args := make([]any, 0, 5*len(rls))
-	for _, rl := range rls {
-		args = append(args, keyID, rl.Name, rl.Limit, rl.Duration.Milliseconds(), rl.AutoApply)
-	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_ratelimits (key_id, name, lim, duration_ms, auto_apply) VALUES `+
-		rows(len(rls), 5), args...)
-	if err != nil {
-		return fmt.Errorf("keystore: insert ratelimits: %w", err)
-	}
-	return nil
 }
 
 // UpdateKey changes the Present fields of req and returns the key as
@@ -157,6 +146,9 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 			return Key{}, fmt.Errorf("keystore: lock key: %w", err)
 		}
 		sets, args := update.sets, update.args
+		if req.Permissions.Present() || req.Roles.Present() {
+			sets = append(sets, setsFromLinks) // after the links below change
+		}
 		events := []audit{{event: EventKeyUpdate, keyID: req.KeyID}}
 		if ext, ok := req.ExternalID.Value(); ok {
 			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, ext)
@@ -167,17 +159,7 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 				events = append(events, audit{event: EventIdentityCreate, identityID: identity.ID})
 			}
 			events[0].identityID = identity.ID
-			sets, args = append(sets, "identity_id = ?"), append(args, identity.ID)
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE keystore_keys SET `+strings.Join(sets, ", ")+` WHERE id = ?`,
-			append(args, req.KeyID)...)
-		if err != nil {
-			return Key{}, fmt.Errorf("keystore: update key: %w", err)
-		}
-		if req.Ratelimits.Present() {
-			if err := replaceRatelimits(ctx, tx, req.KeyID, valueOrZero(req.Ratelimits)); err != nil {
-				return Key{}, err
-			}
+			sets, args = append([]string{"identity_id = ?"}, sets...), append([]any{identity.ID}, args...)
 		}
 		if req.Permissions.Present() {
 			slugs := sortedUnique(valueOrZero(req.Permissions))
@@ -198,6 +180,11 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 			if err := linkRoles(ctx, tx, req.KeyID, req.WorkspaceID, sortedUnique(valueOrZero(req.Roles))); err != nil {
 				return Key{}, err
 			}
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE keystore_keys k SET `+strings.Join(sets, ", ")+` WHERE k.id = ?`,
+			append(args, req.KeyID)...)
+		if err != nil {
+			return Key{}, fmt.Errorf("keystore: update key: %w", err)
 		}
 		if err := s.writeAudit(ctx, tx, now, req.WorkspaceID, events...); err != nil {
 			return Key{}, err
@@ -254,14 +241,10 @@ func keyUpdate(req UpdateKeyRequest, now time.Time) (columnUpdate, error) {
 	if enabled, ok := req.Enabled.Value(); ok {
 		u.set("enabled", enabled)
 	}
-	return u, nil
-}
-
-func replaceRatelimits(ctx context.Context, tx *sqlx.Tx, keyID string, rls []Ratelimit) error {
-	if _, err := tx.ExecContext(ctx, `DELETE FROM keystore_ratelimits WHERE key_id = ?`, keyID); err != nil {
-		return fmt.Errorf("keystore: delete ratelimits: %w", err)
+	if req.Ratelimits.Present() {
+		u.set("ratelimits", ratelimitsValue(valueOrZero(req.Ratelimits)))
 	}
-	return insertRatelimits(ctx, tx, keyID, rls)
+	return u, nil
 }
 
 // deleteLinks removes every row of a link table for keyID. table is one of

@@ -164,7 +164,7 @@ func TestUpdateKeyTriState(t *testing.T) {
 		t.Fatalf("Null did not clear: %+v", k)
 	}
 	rows := rowsInAllTables(t, db)
-	if rows["keystore_key_permissions"]+rows["keystore_key_roles"]+rows["keystore_ratelimits"] != 0 {
+	if rows["keystore_key_permissions"]+rows["keystore_key_roles"] != 0 {
 		t.Fatalf("links left behind: %v", rows)
 	}
 }

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
-	"time"
 
 	"github.com/jmoiron/sqlx"
 )
@@ -56,11 +54,8 @@ func readIdentityByID(ctx context.Context, tx *sqlx.Tx, id string) (Identity, er
 }
 
 // selectIdentityFrom is the SELECT list and FROM clause of every full read of
-// identities: the row and its ratelimits, one row per identity. Callers
-// append a WHERE clause over i.
-const selectIdentityFrom = `SELECT i.id, i.workspace_id, i.external_id, i.meta, i.created_at, i.updated_at,
-	(SELECT JSON_ARRAYAGG(` + ratelimitObject + `) FROM keystore_identity_ratelimits rl
-		WHERE rl.identity_id = i.id) AS ratelimits
+// identities. Callers append a WHERE clause over i.
+const selectIdentityFrom = `SELECT i.id, i.workspace_id, i.external_id, i.meta, i.created_at, i.updated_at, i.ratelimits
 FROM keystore_identities i `
 
 // identityRow is an identity read by selectIdentityFrom, or found by the
@@ -105,51 +100,13 @@ type keyRow struct {
 	Ratelimits     jsonColumn[[]ratelimitJSON] `db:"ratelimits"`
 }
 
-// ratelimitsFromJSON converts ratelimits read as JSON objects, sorted by
-// name.
-func ratelimitsFromJSON(rows []ratelimitJSON) []Ratelimit {
-	var out []Ratelimit
-	for _, rl := range rows {
-		out = append(out, Ratelimit{Name: rl.Name, Limit: rl.Limit,
-			Duration: time.Duration(rl.Millis) * time.Millisecond, AutoApply: rl.AutoApply != 0})
-	}
-	slices.SortFunc(out, func(a, b Ratelimit) int { return strings.Compare(a.Name, b.Name) })
-	return out
-}
-
-// ratelimitJSON is a ratelimit row as ratelimitObject.
-type ratelimitJSON struct {
-	Name      string `json:"n"`
-	Limit     int64  `json:"l"`
-	Millis    int64  `json:"d"`
-	AutoApply int    `json:"a"`
-}
-
-// ratelimitObject is a row of a ratelimit table aliased rl, as JSON.
-const ratelimitObject = `JSON_OBJECT('n', rl.name, 'l', rl.lim, 'd', rl.duration_ms, 'a', rl.auto_apply)`
-
 // selectKeyFrom is the SELECT list and FROM clause of every key read: the
-// key, its owner, and all its sets, one row per key, so a key (or a page of
-// keys) is read in one statement. Callers append a WHERE clause over k.
-//
-// permissions is the key's direct permissions followed by those of its
-// roles, as one JSON array that may hold duplicates: MySQL's JSON_ARRAYAGG
-// has no DISTINCT, and MariaDB cannot correlate a derived table that would
-// UNION them first. keyRow.key sorts and dedupes it. Each part is an index
-// lookup by key id.
+// key with its sets (kept on its row, see sets.go) and its live owner, one
+// row per key, so a key or a page of keys is one index lookup and one join.
+// Callers append a WHERE clause over k.
 const selectKeyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name, i.id AS identity_id,
 	i.external_id, k.meta, k.expires, k.enabled, k.remaining, k.refill_interval,
-	k.refill_amount, k.refill_day, k.created_at, k.updated_at,
-	JSON_MERGE_PRESERVE(
-		COALESCE((SELECT JSON_ARRAYAGG(p.slug) FROM keystore_key_permissions kp
-			JOIN keystore_permissions p ON p.id = kp.permission_id WHERE kp.key_id = k.id), '[]'),
-		COALESCE((SELECT JSON_ARRAYAGG(p.slug) FROM keystore_key_roles kr
-			JOIN keystore_role_permissions rp ON rp.role_id = kr.role_id
-			JOIN keystore_permissions p ON p.id = rp.permission_id WHERE kr.key_id = k.id), '[]')) AS permissions,
-	(SELECT JSON_ARRAYAGG(r.name) FROM keystore_key_roles kr
-		JOIN keystore_roles r ON r.id = kr.role_id WHERE kr.key_id = k.id) AS roles,
-	(SELECT JSON_ARRAYAGG(` + ratelimitObject + `)
-		FROM keystore_ratelimits rl WHERE rl.key_id = k.id) AS ratelimits
+	k.refill_amount, k.refill_day, k.created_at, k.updated_at, k.permissions, k.roles, k.ratelimits
 FROM keystore_keys k LEFT JOIN keystore_identities i ON i.id = k.identity_id AND i.live = 1 `
 
 const selectKey = selectKeyFrom + `WHERE k.id = ? AND k.workspace_id = ? AND k.deleted_at IS NULL`
@@ -167,8 +124,8 @@ func getKey(ctx context.Context, q sqlx.QueryerContext, workspaceID, keyID strin
 }
 
 func (r keyRow) key() Key {
-	// Sets are sorted here rather than in SQL: MySQL's JSON_ARRAYAGG has no
-	// ORDER BY.
+	// Sets are sorted (and permissions deduplicated) here rather than in
+	// SQL: MySQL's JSON_ARRAYAGG has neither ORDER BY nor DISTINCT.
 	k := Key{
 		ID: r.ID, WorkspaceID: r.WorkspaceID, KeySpaceID: r.KeySpaceID, Start: r.Start,
 		Name: r.Name.String, IdentityID: r.IdentityID.String, ExternalID: r.ExternalID.String,

@@ -51,6 +51,12 @@ func (s *Store) CreateRole(ctx context.Context, workspaceID, name string, permis
 		if err != nil {
 			return Role{}, err
 		}
+		if added > 0 && !created {
+			// Keys that hold the role now hold more permissions.
+			if err := refreshRoleHolders(ctx, tx, now, id); err != nil {
+				return Role{}, err
+			}
+		}
 		event := audit{event: EventRoleCreate, roleID: id}
 		if !created {
 			event.event = EventRoleUpdate
@@ -163,12 +169,17 @@ func (s *Store) DeleteRole(ctx context.Context, workspaceID, name string) error 
 		if err != nil {
 			return struct{}{}, fmt.Errorf("keystore: lock role: %w", err)
 		}
-		err = exec(ctx, tx, "unlink role from keys", `DELETE FROM keystore_key_roles WHERE role_id = ?`, id)
+		// The role and its permissions go first, so that refreshing its
+		// keys, found through their links, leaves both out; then the links.
+		err = exec(ctx, tx, "unlink role permissions", `DELETE FROM keystore_role_permissions WHERE role_id = ?`, id)
 		if err == nil {
-			err = exec(ctx, tx, "unlink role permissions", `DELETE FROM keystore_role_permissions WHERE role_id = ?`, id)
+			err = exec(ctx, tx, "delete role", `DELETE FROM keystore_roles WHERE workspace_id = ? AND name = ?`, workspaceID, name)
 		}
 		if err == nil {
-			err = exec(ctx, tx, "delete role", `DELETE FROM keystore_roles WHERE id = ?`, id)
+			err = refreshRoleHolders(ctx, tx, now, id)
+		}
+		if err == nil {
+			err = exec(ctx, tx, "unlink role from keys", `DELETE FROM keystore_key_roles WHERE role_id = ?`, id)
 		}
 		if err != nil {
 			return struct{}{}, err

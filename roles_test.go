@@ -186,6 +186,7 @@ func TestRolePermissionsMergeIntoKeys(t *testing.T) {
 	if got := events(t, db, "ws"); !slices.Equal(got, want) {
 		t.Fatalf("events\n%v\nwant\n%v", got, want)
 	}
+	checkCachedSets(t, db)
 }
 
 // Many callers create one new role at once, each with its own overlapping
@@ -330,4 +331,5 @@ func TestConcurrentDeleteRoleWhileLinking(t *testing.T) {
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_roles`); n > 1 {
 		t.Fatalf("%d roles named r", n)
 	}
+	checkCachedSets(t, db)
 }

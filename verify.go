@@ -183,9 +183,7 @@ type verifyRow struct {
 	IdentityRatelimits jsonColumn[[]ratelimitJSON] `db:"identity_ratelimits"`
 }
 
-const verifyColumns = `SELECT k.refilled_at, k.deleted_at, i.meta AS identity_meta,
-	(SELECT JSON_ARRAYAGG(JSON_OBJECT('n', ir.name, 'l', ir.lim, 'd', ir.duration_ms, 'a', ir.auto_apply))
-		FROM keystore_identity_ratelimits ir WHERE ir.identity_id = i.id) AS identity_ratelimits, `
+const verifyColumns = `SELECT k.refilled_at, k.deleted_at, i.meta AS identity_meta, i.ratelimits AS identity_ratelimits, `
 
 var (
 	selectVerify     = verifyColumns + selectKeyFrom[len("SELECT "):] + `WHERE k.hash = ?`

@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS keystore_identities (
   external_id  VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
   live         TINYINT NULL DEFAULT 1,
   meta         LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  ratelimits   LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, -- JSON, as on keys
   created_at   DATETIME(6) NOT NULL,
   updated_at   DATETIME(6) NOT NULL,
   deleted_at   DATETIME(6) NULL,
@@ -38,6 +39,13 @@ CREATE TABLE IF NOT EXISTS keystore_keys (
   refill_amount   BIGINT NULL,
   refill_day      TINYINT NULL,
   refilled_at     DATETIME(6) NULL,
+  -- The sets a verification returns, kept on the row so that VerifyKey reads
+  -- one row: JSON arrays of permission slugs (direct and through roles),
+  -- role names, and ratelimits. keys.go keeps them in step with the link
+  -- tables, in the same transactions.
+  permissions     LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  roles           LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  ratelimits      LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
   created_at      DATETIME(6) NOT NULL,
   updated_at      DATETIME(6) NOT NULL,
   deleted_at      DATETIME(6) NULL,
@@ -84,24 +92,6 @@ CREATE TABLE IF NOT EXISTS keystore_key_roles (
   PRIMARY KEY (key_id, role_id),
   KEY keystore_key_roles_role (role_id)
 ) ENGINE=InnoDB
-;
-CREATE TABLE IF NOT EXISTS keystore_ratelimits (
-  key_id      VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
-  name        VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-  lim         BIGINT NOT NULL,
-  duration_ms BIGINT NOT NULL,
-  auto_apply  TINYINT NOT NULL,
-  PRIMARY KEY (key_id, name)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
-;
-CREATE TABLE IF NOT EXISTS keystore_identity_ratelimits (
-  identity_id VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
-  name        VARCHAR(128) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-  lim         BIGINT NOT NULL,
-  duration_ms BIGINT NOT NULL,
-  auto_apply  TINYINT NOT NULL,
-  PRIMARY KEY (identity_id, name)
-) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 ;
 CREATE TABLE IF NOT EXISTS keystore_role_permissions (
   role_id       VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
