@@ -259,3 +259,36 @@ func TestVerifyKeyStatementCount(t *testing.T) {
 		t.Errorf("with credits: %d statements, want 2", n)
 	}
 }
+
+// A key whose owner was deleted still verifies, as an unowned key.
+func TestVerifyKeyOfDeletedIdentity(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "gone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.UpdateIdentity(ctx, keystore.UpdateIdentityRequest{WorkspaceID: "ws", ExternalID: "gone",
+		Meta:       keystore.Set(map[string]any{"plan": "pro"}),
+		Ratelimits: keystore.Set([]keystore.Ratelimit{{Name: "rpm", Limit: 60, Duration: time.Minute}})}); err != nil {
+		t.Fatal(err)
+	}
+	v := verify(t, s, c.Key, 0)
+	if v.ExternalID != "gone" || v.IdentityMeta["plan"] != "pro" || len(v.IdentityRatelimits) != 1 {
+		t.Fatalf("before the delete: %+v", v)
+	}
+	if err := s.DeleteIdentity(ctx, "ws", "gone"); err != nil {
+		t.Fatal(err)
+	}
+	v = verify(t, s, c.Key, 0)
+	if !v.Valid || v.IdentityID != "" || v.ExternalID != "" || v.IdentityMeta != nil || v.IdentityRatelimits != nil {
+		t.Fatalf("after the delete: %+v", v)
+	}
+	// A new identity of the same external id does not adopt the key.
+	if _, err := s.EnsureIdentity(ctx, "ws", "gone"); err != nil {
+		t.Fatal(err)
+	}
+	if v := verify(t, s, c.Key, 0); v.IdentityID != "" {
+		t.Fatalf("the key was adopted by the new identity %s", v.IdentityID)
+	}
+}
