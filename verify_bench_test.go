@@ -3,6 +3,7 @@ package keystore_test
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -15,7 +16,10 @@ import (
 // SELECT of one row by the same unique index (the key hash), on the same
 // server and key, in one run:
 //
-//	bare-select       SELECT id FROM keystore_keys WHERE hash = ?
+//	bare-select-row   SELECT * FROM keystore_keys WHERE hash = ?: the row
+//	bare-select-id    SELECT id FROM keystore_keys WHERE hash = ?: answered
+//	                  from the index alone (id is the primary key, stored in
+//	                  every secondary index entry), so it never reads the row
 //	verify-unlimited  VerifyKey of a key without credits (with an owner, a
 //	                  permission, a role and a ratelimit: everything it returns)
 //	verify-credits    VerifyKey of a key with credits: one conditional UPDATE more
@@ -24,7 +28,7 @@ import (
 // goroutines. Metrics as in BenchmarkCreateKey.
 func BenchmarkVerifyKey(b *testing.B) {
 	for _, c := range []int{1, 16, 64} {
-		for _, shape := range []string{"bare-select", "verify-unlimited", "verify-credits"} {
+		for _, shape := range []string{"bare-select-row", "bare-select-id", "verify-unlimited", "verify-credits"} {
 			if c == 64 && shape != "verify-credits" {
 				continue
 			}
@@ -55,10 +59,23 @@ func benchVerify(b *testing.B, workers int, shape string) {
 		}
 		return err
 	}
-	if shape == "bare-select" {
+	switch shape {
+	case "bare-select-id":
 		op = func() error {
 			var id string
 			return db.GetContext(ctx, &id, `SELECT id FROM keystore_keys WHERE hash = ?`, hash)
+		}
+	case "bare-select-row":
+		op = func() error {
+			rows, err := db.QueryContext(ctx, `SELECT * FROM keystore_keys WHERE hash = ?`, hash)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			if !rows.Next() {
+				return errors.New("no row")
+			}
+			return rows.Err()
 		}
 	}
 	warmPool(b, db, min(workers, 90))
