@@ -78,7 +78,7 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 	}
 	now := s.clock()
 	var row verifyRow
-	err := s.db.GetContext(ctx, &row, selectVerify, hashKey(req.Key))
+	err := row.scan(s.db.QueryRowContext(ctx, selectVerify, hashKey(req.Key)))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Verification{Code: CodeNotFound}, nil
 	}
@@ -181,6 +181,17 @@ type verifyRow struct {
 	DeletedAt          dbTime                      `db:"deleted_at"`
 	IdentityMeta       jsonColumn[map[string]any]  `db:"identity_meta"`
 	IdentityRatelimits jsonColumn[[]ratelimitJSON] `db:"identity_ratelimits"`
+}
+
+// scan reads a row of selectVerify. It names the fields in column order
+// rather than going through sqlx's reflection, which took a tenth of
+// VerifyKey's client time.
+func (r *verifyRow) scan(row *sql.Row) error {
+	k := &r.keyRow
+	return row.Scan(&r.RefilledAt, &r.DeletedAt, &r.IdentityMeta, &r.IdentityRatelimits,
+		&k.ID, &k.WorkspaceID, &k.KeySpaceID, &k.Start, &k.Name, &k.IdentityID, &k.ExternalID, &k.Meta, &k.Expires,
+		&k.Enabled, &k.Remaining, &k.RefillInterval, &k.RefillAmount, &k.RefillDay, &k.CreatedAt, &k.UpdatedAt,
+		&k.Permissions, &k.Roles, &k.Ratelimits)
 }
 
 const verifyColumns = `SELECT k.refilled_at, k.deleted_at, i.meta AS identity_meta, i.ratelimits AS identity_ratelimits, `
