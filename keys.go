@@ -42,7 +42,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 		var identityID string
 		events := []audit{{event: EventKeyCreate, keyID: keyID}}
 		if req.ExternalID != "" {
-			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, req.ExternalID)
+			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, req.ExternalID, &s.hints)
 			if err != nil {
 				return "", err
 			}
@@ -151,7 +151,7 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 		}
 		events := []audit{{event: EventKeyUpdate, keyID: req.KeyID}}
 		if ext, ok := req.ExternalID.Value(); ok {
-			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, ext)
+			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, ext, &s.hints)
 			if err != nil {
 				return Key{}, err
 			}

@@ -22,6 +22,7 @@ type Store struct {
 	log     *slog.Logger
 	retry   []RetryOption
 	noAudit bool
+	hints   identityHints
 }
 
 // Option configures a Store.
