@@ -10,7 +10,6 @@ import (
 
 	"github.com/idsafe/keystore"
 	"github.com/idsafe/keystore/keystoretest"
-	"github.com/jmoiron/sqlx"
 )
 
 // A CreateKey whose transaction had to run again leaves exactly one key and
@@ -18,20 +17,10 @@ import (
 func TestAuditEventOncePerRetriedMutation(t *testing.T) {
 	// Lock waits time out after a second, so the blocked CreateKey below
 	// gets 1205 and is retried.
-	db, err := sqlx.Open("mysql", keystoretest.DSN(t)+"&innodb_lock_wait_timeout=1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	var retries atomic.Int32
-	s, err := keystore.New(db, keystore.WithRetryOptions(keystore.OnRetry(func(int, error) { retries.Add(1) })))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, db := storeOn(t, keystoretest.DSN(t)+"&innodb_lock_wait_timeout=1", 0,
+		keystore.WithRetryOptions(keystore.OnRetry(func(int, error) { retries.Add(1) })))
 	ctx := context.Background()
-	if err := s.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Permissions: []string{"p"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -135,11 +135,40 @@ func benchCreateKey(b *testing.B, scenario string, workers int, sh benchShape) {
 		}
 	}
 
-	// Open the connections the run will use before the timer, so that
-	// neither latency nor the statement count includes connecting.
 	// seed-retry3 holds a transaction's connection while it reads on a
-	// second one, so warm up twice as many, within the pool's 100.
-	warmPool(b, db, min(2*workers, 90))
+	// second one, so warm up twice as many connections, within the pool's 100.
+	errs := measured(b, db, min(2*workers, 90), func(timed func(i int, op func() error)) {
+		switch scenario {
+		case "new":
+			runWorkers(b.N, workers, func(i int) { timed(i, func() error { return op(ctx, fmt.Sprintf("new-%d", i)) }) })
+		case "existing":
+			runWorkers(b.N, workers, func(i int) { timed(i, func() error { return op(ctx, "existing") }) })
+		case "hot":
+			runBursts(b.N, workers, func(burst, i int) {
+				timed(i, func() error { return op(ctx, fmt.Sprintf("hot-%d", burst)) })
+			})
+		default:
+			b.Fatalf("unknown scenario %q", scenario)
+		}
+	})
+	for _, err := range errs {
+		if err != nil {
+			counters.surfaced(err)
+		}
+	}
+	b.ReportMetric(float64(b.N+counters.retryCount())/float64(b.N), "attempts/op")
+	counters.log(b, sh.name, b.N)
+}
+
+// measured runs the timed part of a benchmark: it opens warm connections
+// first, so that neither latency nor the statement count includes
+// connecting, then calls run, whose timed(i, op) runs and times op as
+// operation i of b.N. It reports errors/op, stmts/op (the server's global
+// Questions counter, valid because the test binary's server is private to
+// it), p50-ms and p99-ms, and returns the operations' errors.
+func measured(b *testing.B, db *sqlx.DB, warm int, run func(timed func(i int, op func() error))) []error {
+	ctx := context.Background()
+	warmPool(b, db, warm)
 	status, err := db.DB.Conn(ctx)
 	if err != nil {
 		b.Fatal(err)
@@ -149,27 +178,15 @@ func benchCreateKey(b *testing.B, scenario string, workers int, sh benchShape) {
 	q0 := questions(b, status)
 	showCost := questions(b, status) - q0
 
-	n := b.N
-	durs := make([]time.Duration, n)
-	errs := make([]error, n)
-	timed := func(i int, externalID string) {
-		start := time.Now()
-		errs[i] = op(ctx, externalID)
-		durs[i] = time.Since(start)
-	}
-
+	durs := make([]time.Duration, b.N)
+	errs := make([]error, b.N)
 	before := questions(b, status)
 	b.ResetTimer()
-	switch scenario {
-	case "new":
-		runWorkers(n, workers, func(i int) { timed(i, fmt.Sprintf("new-%d", i)) })
-	case "existing":
-		runWorkers(n, workers, func(i int) { timed(i, "existing") })
-	case "hot":
-		runBursts(n, workers, func(burst, i int) { timed(i, fmt.Sprintf("hot-%d", burst)) })
-	default:
-		b.Fatalf("unknown scenario %q", scenario)
-	}
+	run(func(i int, op func() error) {
+		start := time.Now()
+		errs[i] = op()
+		durs[i] = time.Since(start)
+	})
 	b.StopTimer()
 	after := questions(b, status)
 
@@ -177,16 +194,14 @@ func benchCreateKey(b *testing.B, scenario string, workers int, sh benchShape) {
 	for _, err := range errs {
 		if err != nil {
 			failed++
-			counters.surfaced(err)
 		}
 	}
 	slices.Sort(durs)
-	b.ReportMetric(float64(failed)/float64(n), "errors/op")
-	b.ReportMetric(float64(after-before-showCost)/float64(n), "stmts/op")
-	b.ReportMetric(float64(n+counters.retryCount())/float64(n), "attempts/op")
+	b.ReportMetric(float64(failed)/float64(b.N), "errors/op")
+	b.ReportMetric(float64(after-before-showCost)/float64(b.N), "stmts/op")
 	b.ReportMetric(ms(percentile(durs, 0.50)), "p50-ms")
 	b.ReportMetric(ms(percentile(durs, 0.99)), "p99-ms")
-	counters.log(b, sh.name, n)
+	return errs
 }
 
 // runWorkers runs f(i) for i in [0, n) on workers goroutines.

@@ -31,6 +31,27 @@ func newStore(t testing.TB, opts ...keystore.Option) (*keystore.Store, *sqlx.DB)
 	return s, db
 }
 
+// storeOn returns a migrated Store on a pool over dsn of at most maxOpen
+// connections (0: no limit), and the pool. With one connection, session
+// counters (statements, rows read) see every statement the Store sends.
+func storeOn(t testing.TB, dsn string, maxOpen int, opts ...keystore.Option) (*keystore.Store, *sqlx.DB) {
+	t.Helper()
+	db, err := sqlx.Open("mysql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(maxOpen)
+	s, err := keystore.New(db, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s, db
+}
+
 // count runs a SELECT COUNT(*) query.
 func count(t testing.TB, db *sqlx.DB, query string, args ...any) int {
 	t.Helper()

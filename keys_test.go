@@ -304,20 +304,8 @@ func statements(t testing.TB, db *sqlx.DB, f func()) int {
 // an existing identity and 5 with a new one; keystore does the same plus one
 // statement for the audit event.
 func TestCreateKeyStatementCount(t *testing.T) {
-	db, err := sqlx.Open("mysql", keystoretest.DSN(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	s, err := keystore.New(db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, db := storeOn(t, keystoretest.DSN(t), 1)
 	ctx := context.Background()
-	if err := s.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
 	rl := []keystore.Ratelimit{{Name: "a", Limit: 1, Duration: time.Second}, {Name: "b", Limit: 1, Duration: time.Second}}
 	cases := []struct {
 		name string
@@ -364,20 +352,8 @@ func TestCreateKeyStatementCount(t *testing.T) {
 
 // The store works the same without parseTime in the DSN.
 func TestWithoutParseTime(t *testing.T) {
-	dsn := strings.Replace(keystoretest.DSN(t), "parseTime=true", "parseTime=false", 1)
-	db, err := sqlx.Open("mysql", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	s, err := keystore.New(db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := storeOn(t, strings.Replace(keystoretest.DSN(t), "parseTime=true", "parseTime=false", 1), 0)
 	ctx := context.Background()
-	if err := s.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
 	expires := time.Date(2099, 1, 2, 3, 4, 5, 6000, time.UTC)
 	created, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Expires: &expires, ExternalID: "e"})
 	if err != nil {

@@ -246,13 +246,8 @@ func TestListValidation(t *testing.T) {
 // A page costs the same however many deleted rows precede it: the indexes
 // skip deleted keys and identities instead of reading and filtering them.
 func TestListingsSkipDeletedRowsInTheIndex(t *testing.T) {
-	db := singleConnStore(t)
-	s, err := keystore.New(db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, db := storeOn(t, keystoretest.DSN(t), 1)
 	ctx := context.Background()
-	must(t, s.Migrate(ctx))
 	for _, ks := range []string{"crowded", "clean"} {
 		ext := ks + "-owner"
 		if ks == "crowded" {
@@ -313,19 +308,6 @@ func TestListingsSkipDeletedRowsInTheIndex(t *testing.T) {
 			t.Errorf("%s: a page behind 200 deleted rows took %d row reads, %d without: deleted rows are scanned", c.name, crowded, clean)
 		}
 	}
-}
-
-// singleConnStore opens a pool of one connection on a fresh database, so
-// session counters see every statement.
-func singleConnStore(t testing.TB) *sqlx.DB {
-	t.Helper()
-	db, err := sqlx.Open("mysql", keystoretest.DSN(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.SetMaxOpenConns(1)
-	t.Cleanup(func() { db.Close() })
-	return db
 }
 
 // handlerReads is the session's count of rows read by the storage engine.

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"slices"
 	"testing"
 	"time"
 
@@ -78,40 +77,15 @@ func benchVerify(b *testing.B, workers int, shape string) {
 			return rows.Err()
 		}
 	}
-	warmPool(b, db, min(workers, 90))
-	status, err := db.DB.Conn(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer status.Close()
-	q0 := questions(b, status)
-	showCost := questions(b, status) - q0
-
-	durs := make([]time.Duration, b.N)
-	errs := make([]error, b.N)
-	before := questions(b, status)
-	b.ResetTimer()
-	runWorkers(b.N, workers, func(i int) {
-		start := time.Now()
-		errs[i] = op()
-		durs[i] = time.Since(start)
+	errs := measured(b, db, min(workers, 90), func(timed func(i int, op func() error)) {
+		runWorkers(b.N, workers, func(i int) { timed(i, op) })
 	})
-	b.StopTimer()
-	after := questions(b, status)
-	failed := 0
 	for _, err := range errs {
 		if err != nil {
-			if failed == 0 {
-				b.Logf("e.g. %v", err)
-			}
-			failed++
+			b.Logf("e.g. %v", err)
+			break
 		}
 	}
-	slices.Sort(durs)
-	b.ReportMetric(float64(failed)/float64(b.N), "errors/op")
-	b.ReportMetric(float64(after-before-showCost)/float64(b.N), "stmts/op")
-	b.ReportMetric(ms(percentile(durs, 0.50)), "p50-ms")
-	b.ReportMetric(ms(percentile(durs, 0.99)), "p99-ms")
 }
 
 func sha256Sum(s string) []byte {

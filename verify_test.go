@@ -12,7 +12,6 @@ import (
 
 	"github.com/idsafe/keystore"
 	"github.com/idsafe/keystore/keystoretest"
-	"github.com/jmoiron/sqlx"
 )
 
 // fakeClock is a settable clock for WithClock.
@@ -236,20 +235,8 @@ func TestVerifyKeyRefills(t *testing.T) {
 
 // VerifyKey is one statement for a key without credits and two with.
 func TestVerifyKeyStatementCount(t *testing.T) {
-	db, err := sqlx.Open("mysql", keystoretest.DSN(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	s, err := keystore.New(db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, db := storeOn(t, keystoretest.DSN(t), 1)
 	ctx := context.Background()
-	if err := s.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
 	free, _ := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "o", Permissions: []string{"p"}})
 	metered, _ := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Credits: &keystore.Credits{Remaining: 9}})
 	if n := statements(t, db, func() { verify(t, s, free.Key, 1) }); n != 1 {
