@@ -20,15 +20,7 @@ func TestMain(m *testing.M) { keystoretest.Main(m) }
 // same database for checking what was written.
 func newStore(t testing.TB, opts ...keystore.Option) (*keystore.Store, *sqlx.DB) {
 	t.Helper()
-	db := keystoretest.DB(t)
-	s, err := keystore.New(db, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Migrate(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return s, db
+	return storeOn(t, keystoretest.DSN(t), 100, opts...)
 }
 
 // storeOn returns a migrated Store on a pool over dsn of at most maxOpen
@@ -42,6 +34,7 @@ func storeOn(t testing.TB, dsn string, maxOpen int, opts ...keystore.Option) (*k
 	}
 	t.Cleanup(func() { db.Close() })
 	db.SetMaxOpenConns(maxOpen)
+	db.SetMaxIdleConns(max(maxOpen, 2)) // keep them: reconnecting is not what tests measure
 	s, err := keystore.New(db, opts...)
 	if err != nil {
 		t.Fatal(err)
