@@ -22,9 +22,11 @@ import (
 // invalid; ErrNotFound when a role does not exist. In both cases nothing is
 // written. Otherwise the errors of [WithRetryTx].
 //
-// Statements: 5 when the identity exists (BEGIN, find identity, insert key,
-// audit event, COMMIT), 6 when it is new, plus 2 for permissions (new or
-// not) and 2 for roles; ratelimits cost none.
+// Statements: 5 for an identity this Store has seen (BEGIN, find identity,
+// insert key, audit event, COMMIT) and for a new one (BEGIN, insert
+// identity, ...); 6 for an existing identity it has not seen (the INSERT it
+// tries first finds the identity, which is then read). Permissions add 2
+// (new or not), roles 2, ratelimits none, WithoutAudit saves 1.
 func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error) {
 	now := s.clock()
 	if err := req.validate(now); err != nil {
