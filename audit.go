@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -40,7 +41,8 @@ type actorKey struct{}
 
 // ContextWithActor returns a context whose mutations are recorded in the
 // audit trail as done by actor (a user or service id of the caller's
-// choosing, at most 255 characters; longer ones are cut).
+// choosing, at most 255 characters; longer ones are cut, invalid UTF-8 is
+// replaced and NUL bytes dropped).
 func ContextWithActor(ctx context.Context, actor string) context.Context {
 	return context.WithValue(ctx, actorKey{}, actor)
 }
@@ -50,6 +52,7 @@ func actorFrom(ctx context.Context) any {
 	if actor == "" {
 		return nil
 	}
+	actor = strings.ReplaceAll(strings.ToValidUTF8(actor, "\uFFFD"), "\x00", "")
 	if r := []rune(actor); len(r) > limitIDChars {
 		actor = string(r[:limitIDChars])
 	}
@@ -98,10 +101,15 @@ func (s *Store) ListAuditEvents(ctx context.Context, req ListAuditEventsRequest)
 	query := `SELECT id, workspace_id, actor, event, key_id, identity_id, role_id, created_at
 		FROM keystore_audit_events WHERE workspace_id = ? AND id > ?`
 	args := []any{req.WorkspaceID, req.Cursor}
-	for column, value := range map[string]string{"key_id": req.KeyID, "identity_id": req.IdentityID, "role_id": req.RoleID} {
-		if value != "" {
-			query += " AND " + column + " = ?"
-			args = append(args, value)
+	for _, f := range []struct{ column, field, value string }{
+		{"key_id", "KeyID", req.KeyID}, {"identity_id", "IdentityID", req.IdentityID}, {"role_id", "RoleID", req.RoleID},
+	} {
+		if f.value != "" {
+			if err := validateRefID(f.field, f.value); err != nil {
+				return Page[AuditEvent]{}, err
+			}
+			query += " AND " + f.column + " = ?"
+			args = append(args, f.value)
 		}
 	}
 	var rows []struct {

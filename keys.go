@@ -183,6 +183,11 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 				return Key{}, err
 			}
 		}
+		if req.Permissions.Present() || req.Roles.Present() {
+			if err := liftAggregateLimit(ctx, tx); err != nil {
+				return Key{}, err
+			}
+		}
 		_, err = tx.ExecContext(ctx, `UPDATE keystore_keys k SET `+strings.Join(sets, ", ")+` WHERE k.id = ?`,
 			append(args, req.KeyID)...)
 		if err != nil {
@@ -282,7 +287,7 @@ func (s *Store) DeleteKey(ctx context.Context, workspaceID, keyID string) error 
 	if err := validateID("WorkspaceID", workspaceID, limitIDChars); err != nil {
 		return err
 	}
-	if err := validateID("KeyID", keyID, limitIDChars); err != nil {
+	if err := validateRefID("KeyID", keyID); err != nil {
 		return err
 	}
 	now := s.clock()

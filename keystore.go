@@ -14,8 +14,9 @@ import (
 
 // Store persists keys and the identities that own them. It is safe for
 // concurrent use by any number of goroutines and processes: every write runs
-// in one [WithRetryTx] transaction, so concurrent callers all succeed and
-// nothing is half-written.
+// in one [WithRetryTx] transaction (VerifyKey's credit spend is a single
+// conditional UPDATE), so concurrent callers all succeed and nothing is
+// half-written.
 type Store struct {
 	db      *sqlx.DB
 	now     func() time.Time

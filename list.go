@@ -8,8 +8,9 @@ import (
 // ListKeys returns a page of the live (not deleted) keys of a key space, or,
 // when req.ExternalID is set, of the live identity of ExternalID (only those
 // in req.KeySpaceID if it is set too), in creation order. Each page is one
-// statement on the primary, walking an index from the cursor. Keys created
-// while a listing is paged appear on a later page; none is listed twice.
+// statement on the primary, walking an index from the cursor. No key is
+// listed twice; a key committed while a listing is paged may be missed
+// (ids are made before commit, so commits are not in id order).
 // An ExternalID without a live identity lists no keys.
 //
 // Errors: ErrInvalidInput for an invalid request (WorkspaceID is required,

@@ -12,8 +12,15 @@ import (
 
 // GetKey returns the key keyID of workspaceID, read from the primary in one
 // statement. It returns an error matching ErrNotFound when the key does not
-// exist, was deleted, or belongs to another workspace.
+// exist, was deleted, or belongs to another workspace, and ErrInvalidInput
+// when workspaceID or keyID is malformed (keyID is not an id keystore made).
 func (s *Store) GetKey(ctx context.Context, workspaceID, keyID string) (Key, error) {
+	if err := validateID("WorkspaceID", workspaceID, limitIDChars); err != nil {
+		return Key{}, err
+	}
+	if err := validateRefID("KeyID", keyID); err != nil {
+		return Key{}, err
+	}
 	return getKey(ctx, s.db, workspaceID, keyID)
 }
 

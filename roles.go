@@ -38,6 +38,9 @@ func (s *Store) CreateRole(ctx context.Context, workspaceID, name string, permis
 	// READ COMMITTED: the final read must see the links a racing creator of
 	// the same role committed after this transaction's first read.
 	return tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (Role, error) {
+		if err := liftAggregateLimit(ctx, tx); err != nil {
+			return Role{}, err
+		}
 		// Permissions before the role, in the order CreateKey takes them
 		// (permissions, then roles), so the two cannot deadlock.
 		if err := ensurePermissions(ctx, tx, now, workspaceID, slugs); err != nil {
@@ -83,20 +86,19 @@ func (s *Store) CreateRole(ctx context.Context, workspaceID, name string, permis
 // ... ON DUPLICATE KEY UPDATE asks for the exclusive lock at once.
 func ensureRole(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, name string) (id string, created bool, err error) {
 	newRole := newID("role")
-	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_roles (id, workspace_id, name, created_at) VALUES (?, ?, ?, ?)
+	_, err = tx.ExecContext(ctx, `INSERT INTO keystore_roles (id, workspace_id, name, created_at) VALUES (?, ?, ?, ?)
 		ON DUPLICATE KEY UPDATE id = id`, newRole, workspaceID, name, utc(now))
 	if err != nil {
 		return "", false, fmt.Errorf("keystore: create role: %w", err)
 	}
-	if n, err := res.RowsAffected(); err == nil && n == 1 {
-		return newRole, true, nil
-	}
-	// It existed; the exclusive lock is already ours.
+	// The exclusive lock is ours. Whether the INSERT created the row is read
+	// back rather than taken from the affected-rows count, which a DSN with
+	// clientFoundRows=true reports as 1 for an existing row too.
 	if err := tx.GetContext(ctx, &id, `SELECT id FROM keystore_roles WHERE workspace_id = ? AND name = ? FOR UPDATE`,
 		workspaceID, name); err != nil {
 		return "", false, fmt.Errorf("keystore: read role: %w", err)
 	}
-	return id, false, nil
+	return id, id == newRole, nil
 }
 
 // linkRolePermissions links roleID to the permissions of slugs (sorted,
@@ -168,6 +170,9 @@ func (s *Store) DeleteRole(ctx context.Context, workspaceID, name string) error 
 		}
 		if err != nil {
 			return struct{}{}, fmt.Errorf("keystore: lock role: %w", err)
+		}
+		if err := liftAggregateLimit(ctx, tx); err != nil {
+			return struct{}{}, err
 		}
 		// The role and its permissions go first, so that refreshing its
 		// keys, found through their links, leaves both out; then the links.

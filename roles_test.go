@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/keystoretest"
 )
 
 func TestCreateRole(t *testing.T) {
@@ -330,6 +331,28 @@ func TestConcurrentDeleteRoleWhileLinking(t *testing.T) {
 	}
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_roles`); n > 1 {
 		t.Fatalf("%d roles named r", n)
+	}
+	checkCachedSets(t, db)
+}
+
+// Permission lists aggregated in SQL are never cut short, whatever the
+// server's group_concat_max_len (MariaDB's JSON_ARRAYAGG obeys it).
+func TestLongPermissionListsAreNotTruncated(t *testing.T) {
+	s, db := storeOn(t, keystoretest.DSN(t)+"&group_concat_max_len=30", 0)
+	ctx := context.Background()
+	slugs := []string{strings.Repeat("a", 100) + ".read", strings.Repeat("b", 100) + ".write"}
+	role, err := s.CreateRole(ctx, "ws", "long", slugs)
+	if err != nil || !slices.Equal(role.Permissions, slugs) {
+		t.Fatalf("CreateRole: %v, %v", role.Permissions, err)
+	}
+	c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Roles: []string{"long"},
+		Permissions: []string{strings.Repeat("c", 120)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := s.GetKey(ctx, "ws", c.KeyID)
+	if want := append(slices.Clone(slugs), strings.Repeat("c", 120)); err != nil || !slices.Equal(k.Permissions, want) {
+		t.Fatalf("key permissions %v, %v; want %v", k.Permissions, err, want)
 	}
 	checkCachedSets(t, db)
 }

@@ -66,6 +66,8 @@ func nullableUTC(t *time.Time) driver.Value {
 type jsonColumn[T any] struct{ V T }
 
 func (j *jsonColumn[T]) Scan(src any) error {
+	var zero T
+	j.V = zero // a row scanned again must not keep, or merge into, the last value
 	var b []byte
 	switch v := src.(type) {
 	case nil:

@@ -30,9 +30,25 @@ import (
 // commits, so a role change and a key linking that role apply one after the
 // other, and the later one computes the key's columns from committed links.
 
+// liftAggregateLimit lets MariaDB's JSON_ARRAYAGG build arrays longer than
+// group_concat_max_len (1 MiB by default), which it otherwise cuts short,
+// mid-slug, and a cut slug could name a broader permission. It is one
+// statement, run only by the transactions that aggregate permissions in
+// SQL (role changes, and key changes that involve roles). It sets the
+// session variable, so it stays raised on that pooled connection.
+func liftAggregateLimit(ctx context.Context, tx *sqlx.Tx) error {
+	if _, err := tx.ExecContext(ctx, `SET SESSION group_concat_max_len = 4294967295`); err != nil {
+		return fmt.Errorf("keystore: raise group_concat_max_len: %w", err)
+	}
+	return nil
+}
+
 // refreshKeySets recomputes the permissions and roles of one key from the
 // link tables.
 func refreshKeySets(ctx context.Context, tx *sqlx.Tx, keyID string) error {
+	if err := liftAggregateLimit(ctx, tx); err != nil {
+		return err
+	}
 	_, err := tx.ExecContext(ctx, `UPDATE keystore_keys k SET `+setsFromLinks+` WHERE k.id = ?`, keyID)
 	if err != nil {
 		return fmt.Errorf("keystore: refresh key permissions: %w", err)

@@ -17,7 +17,8 @@ type Credits struct {
 	Refill    *Refill // nil: never refilled
 }
 
-// Refill tops Remaining up to Amount once per Interval. Day (1..31) is the
+// Refill sets Remaining to Amount once per Interval (also when more was
+// left: credits do not accumulate). Day (1..31) is the
 // day of the month of a monthly refill, clamped to the month's last day; a
 // daily refill must leave it 0.
 type Refill struct {

@@ -81,7 +81,7 @@ func (r *UpdateKeyRequest) validate(now time.Time) error {
 	if err := validateID("WorkspaceID", r.WorkspaceID, limitIDChars); err != nil {
 		return err
 	}
-	if err := validateID("KeyID", r.KeyID, limitIDChars); err != nil {
+	if err := validateRefID("KeyID", r.KeyID); err != nil {
 		return err
 	}
 	if v, ok := r.Name.Value(); ok {
@@ -176,6 +176,24 @@ func validateID(field, s string, maxChars int) error {
 	return nil
 }
 
+// validateRefID checks an id this package made (a key, identity or role id):
+// "prefix_hex", at most 64 characters of [A-Za-z0-9_]. Anything else names
+// nothing, and would only reach the ASCII id columns as a collation error.
+func validateRefID(field, s string) error {
+	if s == "" {
+		return invalid(field, "must not be empty")
+	}
+	if len(s) > 64 {
+		return invalid(field, "is not an id made by keystore (too long)")
+	}
+	for i := 0; i < len(s); i++ {
+		if !isPrefixByte(s[i]) {
+			return invalid(field, "is not an id made by keystore")
+		}
+	}
+	return nil
+}
+
 // validatePrefix checks an optional key prefix: at most 16 of [A-Za-z0-9_].
 func validatePrefix(field, s string) error {
 	if err := validateText(field, s, limitPrefixChars); err != nil {
@@ -227,6 +245,9 @@ func validateMeta(field string, m map[string]any) error {
 func validateExpires(field string, t, now time.Time) error {
 	if t.Before(now) {
 		return invalid(field, "must not be in the past")
+	}
+	if t.UTC().Year() > 9999 {
+		return invalid(field, "must be before the year 10000")
 	}
 	return nil
 }

@@ -179,6 +179,10 @@ func TestValidateCreateKey(t *testing.T) {
 		{"expires nil", func(r *CreateKeyRequest) { r.Expires = nil }, ""},
 		{"expires now", func(r *CreateKeyRequest) { r.Expires = &now }, ""},
 		{"expires 1ns ago", func(r *CreateKeyRequest) { r.Expires = &past }, "Expires"},
+		{"expires in year 10000", func(r *CreateKeyRequest) {
+			far := time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+			r.Expires = &far
+		}, "Expires"},
 
 		// Credits
 		{"credits nil", func(r *CreateKeyRequest) { r.Credits = nil }, ""},
@@ -334,8 +338,9 @@ func TestValidateUpdateKey(t *testing.T) {
 		{"workspace 256 chars", func(r *UpdateKeyRequest) { r.WorkspaceID = s("w", 256) }, "WorkspaceID"},
 		{"workspace invalid utf8", func(r *UpdateKeyRequest) { r.WorkspaceID = "\xff" }, "WorkspaceID"},
 		{"key id empty", func(r *UpdateKeyRequest) { r.KeyID = "" }, "KeyID"},
-		{"key id 255 chars", func(r *UpdateKeyRequest) { r.KeyID = s("k", 255) }, ""},
-		{"key id 256 chars", func(r *UpdateKeyRequest) { r.KeyID = s("k", 256) }, "KeyID"},
+		{"key id 64 chars", func(r *UpdateKeyRequest) { r.KeyID = s("k", 64) }, ""},
+		{"key id 65 chars", func(r *UpdateKeyRequest) { r.KeyID = s("k", 65) }, "KeyID"},
+		{"key id not ASCII", func(r *UpdateKeyRequest) { r.KeyID = "kéy" }, "KeyID"},
 		{"key id NUL", func(r *UpdateKeyRequest) { r.KeyID = "k\x00" }, "KeyID"},
 
 		// Name

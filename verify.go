@@ -71,7 +71,8 @@ const maxKeyBytes = 512
 // An invalid key is an answer, not an error: unknown, deleted and
 // other-key-space keys give CodeNotFound with a nil error. Errors:
 // ErrInvalidInput for a malformed request (empty or oversized key, negative
-// cost); otherwise a database error.
+// cost); ErrRetriesExhausted when the spend kept failing with retryable
+// errors or kept meeting changed credits; otherwise a database error.
 func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verification, error) {
 	if err := req.validate(); err != nil {
 		return Verification{}, err
@@ -118,6 +119,7 @@ func (r *VerifyKeyRequest) validate() error {
 // or has too few credits; a fresh read says which, and if another
 // transaction added credits meanwhile, the spend is tried again.
 func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.Time) (Verification, error) {
+	var lastErr error
 	for attempt := 1; ; attempt++ {
 		v := row.verification(now)
 		if v.Code != CodeValid || v.Remaining == nil {
@@ -128,11 +130,14 @@ func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.T
 			return v, nil
 		}
 		if attempt > maxSpendAttempts {
-			return Verification{}, fmt.Errorf("keystore: spend credits: %w", errConcurrentChange)
+			return Verification{}, &RetryError{Attempts: maxSpendAttempts, Err: lastErr}
 		}
 		left, spent, err := s.trySpend(ctx, row.ID, row.state().periodStart(now), cost, now)
-		if err != nil {
+		if err != nil && !IsRetryable(err) {
 			return Verification{}, err
+		}
+		if lastErr = err; lastErr == nil {
+			lastErr = errConcurrentChange
 		}
 		if spent {
 			v.Remaining = &left
@@ -149,7 +154,9 @@ func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.T
 }
 
 // maxSpendAttempts bounds the UPDATEs of one verification whose key keeps
-// changing under it (its credits being set again and again).
+// changing under it (its credits being set again and again), or that keep
+// failing with a retryable error (a lock-wait timeout, a Galera conflict).
+// Past it, VerifyKey returns an error matching ErrRetriesExhausted.
 const maxSpendAttempts = 10
 
 // trySpend is the conditional UPDATE. MySQL evaluates SET assignments left
