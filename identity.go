@@ -149,6 +149,21 @@ func linkPermissions(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string
 	return nil
 }
 
+// lockRoles takes shared locks on the roles named (sorted, unique) through
+// their primary key, in name order, like every lock on a role. Missing roles
+// are left for linkRoles to report.
+func lockRoles(ctx context.Context, tx *sqlx.Tx, workspaceID string, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	_, err := tx.ExecContext(ctx, `SELECT id FROM keystore_roles WHERE workspace_id = ? AND name IN (`+
+		placeholders(len(names))+`) ORDER BY name LOCK IN SHARE MODE`, append([]any{workspaceID}, anys(names)...)...)
+	if err != nil {
+		return fmt.Errorf("keystore: lock roles: %w", err)
+	}
+	return nil
+}
+
 // linkRoles links keyID to the roles named (sorted, unique). Roles are not
 // created here: a missing one is ErrNotFound.
 func linkRoles(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string, names []string) error {

@@ -356,3 +356,38 @@ func TestLongPermissionListsAreNotTruncated(t *testing.T) {
 	}
 	checkCachedSets(t, db)
 }
+
+// UpdateKey giving keys a role races CreateRole adding permissions to it:
+// no call fails, and every key ends with the role's permissions. UpdateKey
+// locks the role before the key; in the other order 100 such pairs failed.
+func TestUpdateKeyRolesRacingCreateRole(t *testing.T) {
+	var deadlocks atomic.Int32
+	s, db := newStore(t, keystore.WithRetryOptions(keystore.OnRetry(func(_ int, err error) {
+		if keystore.IsDeadlock(err) {
+			deadlocks.Add(1)
+		}
+	})))
+	ctx := context.Background()
+	if _, err := s.CreateRole(ctx, "ws", "R", nil); err != nil {
+		t.Fatal(err)
+	}
+	keys := make([]string, 100)
+	for i := range keys {
+		c, _ := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Roles: []string{"R"}})
+		keys[i] = c.KeyID
+	}
+	errs := parallel(200, func(i int) error {
+		if i%2 == 0 {
+			_, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: keys[i/2], Roles: keystore.Set([]string{"R"})})
+			return err
+		}
+		_, err := s.CreateRole(ctx, "ws", "R", []string{fmt.Sprintf("p%d", i)})
+		return err
+	})
+	failOnErrors(t, errs)
+	t.Logf("%d deadlocks retried", deadlocks.Load())
+	checkCachedSets(t, db)
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE JSON_LENGTH(permissions) = 100`); n != len(keys) {
+		t.Fatalf("%d of %d keys hold all 100 of the role's permissions", n, len(keys))
+	}
+}
