@@ -110,8 +110,7 @@ type keyRow struct {
 // selectKeyFrom is the SELECT list and FROM clause of every key read: the
 // key with its sets (kept on its row, see sets.go) and its live owner, one
 // row per key, so a key or a page of keys is one index lookup and one join.
-// Callers append a WHERE clause over k. verifyRow.scan reads these columns by
-// position: change both together.
+// Callers append a WHERE clause over k.
 const selectKeyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name, i.id AS identity_id,
 	i.external_id, k.meta, k.expires, k.enabled, k.remaining, k.refill_interval,
 	k.refill_amount, k.refill_day, k.created_at, k.updated_at, k.permissions, k.roles, k.ratelimits

@@ -143,7 +143,7 @@ func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.T
 			v.Remaining = &left
 			return v, nil
 		}
-		err = s.db.GetContext(ctx, &row, selectVerifyByID, row.ID)
+		err = row.scan(s.db.QueryRowContext(ctx, selectVerifyByID, row.ID))
 		if errors.Is(err, sql.ErrNoRows) || err == nil && row.DeletedAt.Valid {
 			return Verification{Code: CodeNotFound}, nil
 		}
@@ -184,29 +184,34 @@ func (s *Store) trySpend(ctx context.Context, keyID string, periodStart time.Tim
 // what only verification needs.
 type verifyRow struct {
 	keyRow
-	RefilledAt         dbTime                      `db:"refilled_at"`
-	DeletedAt          dbTime                      `db:"deleted_at"`
-	IdentityMeta       jsonColumn[map[string]any]  `db:"identity_meta"`
-	IdentityRatelimits jsonColumn[[]ratelimitJSON] `db:"identity_ratelimits"`
+	RefilledAt         dbTime
+	DeletedAt          dbTime
+	IdentityMeta       jsonColumn[map[string]any]
+	IdentityRatelimits jsonColumn[[]ratelimitJSON]
 }
 
-// scan reads a row of selectVerify. It names the fields in column order
+// selectVerifyFrom reads what a verification returns and nothing else,
+// with the key's sets from its row and its live owner by primary key.
+// verifyRow.scan reads these columns by position: change both together.
+const selectVerifyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, i.id, i.external_id, k.meta, k.expires,
+	k.enabled, k.remaining, k.refill_interval, k.refill_amount, k.refill_day, k.refilled_at, k.deleted_at,
+	k.permissions, k.roles, k.ratelimits, i.meta, i.ratelimits
+FROM keystore_keys k LEFT JOIN keystore_identities i ON i.id = k.identity_id AND i.live = 1 `
+
+const (
+	selectVerify     = selectVerifyFrom + `WHERE k.hash = ?`
+	selectVerifyByID = selectVerifyFrom + `WHERE k.id = ?`
+)
+
+// scan reads a row of selectVerifyFrom, naming the fields in column order
 // rather than going through sqlx's reflection, which took a tenth of
 // VerifyKey's client time.
 func (r *verifyRow) scan(row *sql.Row) error {
 	k := &r.keyRow
-	return row.Scan(&r.RefilledAt, &r.DeletedAt, &r.IdentityMeta, &r.IdentityRatelimits,
-		&k.ID, &k.WorkspaceID, &k.KeySpaceID, &k.Start, &k.Name, &k.IdentityID, &k.ExternalID, &k.Meta, &k.Expires,
-		&k.Enabled, &k.Remaining, &k.RefillInterval, &k.RefillAmount, &k.RefillDay, &k.CreatedAt, &k.UpdatedAt,
-		&k.Permissions, &k.Roles, &k.Ratelimits)
+	return row.Scan(&k.ID, &k.WorkspaceID, &k.KeySpaceID, &k.IdentityID, &k.ExternalID, &k.Meta, &k.Expires,
+		&k.Enabled, &k.Remaining, &k.RefillInterval, &k.RefillAmount, &k.RefillDay, &r.RefilledAt, &r.DeletedAt,
+		&k.Permissions, &k.Roles, &k.Ratelimits, &r.IdentityMeta, &r.IdentityRatelimits)
 }
-
-const verifyColumns = `SELECT k.refilled_at, k.deleted_at, i.meta AS identity_meta, i.ratelimits AS identity_ratelimits, `
-
-var (
-	selectVerify     = verifyColumns + selectKeyFrom[len("SELECT "):] + `WHERE k.hash = ?`
-	selectVerifyByID = verifyColumns + selectKeyFrom[len("SELECT "):] + `WHERE k.id = ?`
-)
 
 // verification judges a live key at now, before any spending: disabled,
 // then expired. Remaining is the balance with a due refill counted.
