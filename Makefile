@@ -13,8 +13,12 @@ test: ensure-mariadb
 demo: ensure-mariadb
 	$(GO) run ./examples/race
 
+# Five interleaved runs of every benchmark on a durable server (see README,
+# "Performance"); raw output in bench.txt, for benchstat -col /shape.
 bench: ensure-mariadb
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
+	$(GO) test -c -o bin/keystore.test .
+	for i in 1 2 3 4 5; do KEYSTORE_MARIADB_DURABLE=1 bin/keystore.test -test.run '^$$' \
+		-test.bench 'BenchmarkCreateKey|BenchmarkVerifyKey' -test.benchtime 400x; done | tee bench.txt
 
 ensure-mariadb:
 	bash scripts/ensure-mariadb.sh
