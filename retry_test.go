@@ -164,3 +164,62 @@ func TestWithRetryTxReturnsValueAndRetriesUntilSuccess(t *testing.T) {
 		t.Fatalf("got %q, %v after %d attempts; want done, nil, 3", v, err, attempts)
 	}
 }
+
+// A context that ends before BEGIN, or while a statement runs, ends the
+// call promptly with the context's error, rolls back, and returns the
+// connection to the pool.
+func TestWithRetryTxContextEndsMidStatement(t *testing.T) {
+	_, db := newStore(t)
+	db.MustExec(`CREATE TABLE t (id INT PRIMARY KEY)`)
+
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	var attempts int
+	_, err := keystore.WithRetryTx(canceled, db, func(ctx context.Context, tx *sqlx.Tx) (int, error) {
+		attempts++
+		return 0, nil
+	})
+	if !errors.Is(err, context.Canceled) || attempts != 0 {
+		t.Fatalf("canceled before BEGIN: %v after %d attempts, want context.Canceled and none", err, attempts)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = keystore.WithRetryTx(ctx, db, func(ctx context.Context, tx *sqlx.Tx) (int, error) {
+		attempts++
+		if _, err := tx.ExecContext(ctx, `INSERT INTO t VALUES (1)`); err != nil {
+			return 0, err
+		}
+		_, err := tx.ExecContext(ctx, `SELECT SLEEP(3)`)
+		return 0, err
+	})
+	if elapsed := time.Since(start); !errors.Is(err, context.DeadlineExceeded) || elapsed > 2*time.Second {
+		t.Fatalf("deadline mid-statement: %v after %v, want DeadlineExceeded promptly", err, elapsed)
+	}
+	if attempts != 1 {
+		t.Fatalf("%d attempts: a context error must not be retried", attempts)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM t`); n != 0 {
+		t.Fatalf("%d rows: the interrupted transaction was not rolled back", n)
+	}
+	if st := db.Stats(); st.InUse != 0 {
+		t.Fatalf("%d connections still in use", st.InUse)
+	}
+}
+
+// CreateKey under a context that ends writes nothing.
+func TestCreateKeyWithEndedContextWritesNothing(t *testing.T) {
+	s, db := newStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u", Permissions: []string{"p"}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	for table, n := range rowsInAllTables(t, db) {
+		if n != 0 {
+			t.Errorf("%s has %d rows", table, n)
+		}
+	}
+}

@@ -473,3 +473,18 @@ func FuzzValidateCreateKey(f *testing.F) {
 		}
 	})
 }
+
+// VerifyKey's request validation never panics and fails only with
+// ErrInvalidInput, whatever the input.
+func FuzzValidateVerifyKey(f *testing.F) {
+	f.Add("ks", "sk_abc", int64(1))
+	f.Add("", "", int64(0))
+	f.Add("ks'; DROP TABLE keystore_keys; --", "\xff\xfe\x00", int64(-1))
+	f.Add("ks ", strings.Repeat("k", 600), int64(1<<62))
+	f.Fuzz(func(t *testing.T, keySpace, key string, cost int64) {
+		req := VerifyKeyRequest{KeySpaceID: keySpace, Key: key, Cost: cost}
+		if err := req.validate(); err != nil && !errors.Is(err, ErrInvalidInput) {
+			t.Fatalf("validate returned %v, not ErrInvalidInput", err)
+		}
+	})
+}
