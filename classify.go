@@ -127,3 +127,16 @@ func commitError(ctx context.Context, err error) error {
 	}
 	return &AmbiguousCommitError{Err: err}
 }
+
+// errIdentityGone: an identity read in this transaction was deleted by
+// another before it could be read again. WithRetryTx runs the transaction
+// again, which then finds or creates the next identity.
+var errIdentityGone = retryableError("keystore: identity was deleted concurrently")
+
+// errConcurrentChange: rows read in this transaction changed under it;
+// running the transaction again resolves it.
+var errConcurrentChange = retryableError("keystore: concurrent change")
+
+type retryableError string
+
+func (e retryableError) Error() string { return string(e) }

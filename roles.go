@@ -200,3 +200,43 @@ func validateRoleRef(workspaceID, name string) error {
 	}
 	return validateID("Name", name, limitNameChars)
 }
+
+// lockRoles takes shared locks on the roles named (sorted, unique) through
+// their primary key, in name order, like every lock on a role. Missing roles
+// are left for linkRoles to report.
+func lockRoles(ctx context.Context, tx *sqlx.Tx, workspaceID string, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	_, err := tx.ExecContext(ctx, `SELECT id FROM keystore_roles WHERE workspace_id = ? AND name IN (`+
+		placeholders(len(names))+`) ORDER BY name LOCK IN SHARE MODE`, append([]any{workspaceID}, anys(names)...)...)
+	if err != nil {
+		return fmt.Errorf("keystore: lock roles: %w", err)
+	}
+	return nil
+}
+
+// linkRoles links keyID to the roles named (sorted, unique). Roles are not
+// created here: a missing one is ErrNotFound.
+func linkRoles(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	args := append([]any{keyID, workspaceID}, anys(names)...)
+	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_key_roles (key_id, role_id)
+		SELECT ?, id FROM keystore_roles WHERE workspace_id = ? AND name IN (`+placeholders(len(names))+`)
+		LOCK IN SHARE MODE`, args...)
+	if err != nil {
+		return fmt.Errorf("keystore: link roles: %w", err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == int64(len(names)) {
+		return nil
+	}
+	var found []string
+	if err := tx.SelectContext(ctx, &found, `SELECT name FROM keystore_roles WHERE workspace_id = ? AND name IN (`+
+		placeholders(len(names))+`)`, append([]any{workspaceID}, anys(names)...)...); err != nil {
+		return fmt.Errorf("keystore: link roles: %w", err)
+	}
+	missing := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return slices.Contains(found, n) })
+	return fmt.Errorf("keystore: roles %q: %w", missing, ErrNotFound)
+}
