@@ -14,11 +14,13 @@ demo: ensure-mariadb
 	$(GO) run ./examples/race
 
 # Five interleaved runs of every benchmark on a durable server (see README,
-# "Performance"); raw output in bench.txt, for benchstat -col /shape.
+# "Performance"); raw output in bench.txt (for benchstat -col /shape), the
+# table of medians and ratios in BENCHMARKS.md.
 bench: ensure-mariadb
 	$(GO) test -c -o bin/keystore.test .
 	for i in 1 2 3 4 5; do KEYSTORE_MARIADB_DURABLE=1 bin/keystore.test -test.run '^$$' \
 		-test.bench 'BenchmarkCreateKey|BenchmarkVerifyKey' -test.benchtime 400x; done | tee bench.txt
+	$(GO) run ./cmd/benchtable < bench.txt > BENCHMARKS.md
 
 ensure-mariadb:
 	bash scripts/ensure-mariadb.sh
