@@ -1,0 +1,168 @@
+package faulttest
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/internal/mariadb"
+	"github.com/idsafe/keystore/keystoretest"
+)
+
+// TestServerKilledMidLoad: 8 goroutines create keys while the server is
+// killed with SIGKILL and, after a moment, restarted on the same data
+// directory (InnoDB crash recovery). The Store and its pool are kept
+// throughout. During the outage calls fail, each with a classified error;
+// after the restart every call succeeds; every key that a call reported as
+// created survived the crash, and nothing is duplicated or half-written.
+//
+// The test starts a server of its own, so that killing it disturbs no other
+// test. The pool dials whatever address the server has now, in case the
+// restart had to move to another port.
+func TestServerKilledMidLoad(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv, err := mariadb.Start(ctx)
+	if errors.Is(err, mariadb.ErrNotInstalled) && os.Getenv(keystoretest.EnvDSN) != "" {
+		t.Skipf("needs a MariaDB server of its own to kill: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	admin := openPool(t, faultConfig(t, srv.DSN("")))
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE crash"); err != nil {
+		t.Fatal(err)
+	}
+	admin.Close()
+
+	cfg := faultConfig(t, srv.DSN("crash"))
+	var dialer net.Dialer
+	cfg.DialFunc = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return dialer.DialContext(ctx, network, srv.Addr())
+	}
+	db := openPool(t, cfg)
+	migrate(t, db)
+	w := &workload{workers: 8, workspace: "ws_crash", want: map[string]expectation{},
+		ratelimits: []keystore.Ratelimit{{Name: "requests", Limit: 100, Duration: time.Minute}}}
+	rl := ratelimitsJSON(t, db, w.ratelimits)
+	for i := range 1000 {
+		for j := range 3 {
+			ext, perms := w.request(i, j)
+			w.want[ext] = expectation{Permissions: perms, Ratelimits: rl}
+		}
+	}
+
+	var retries atomic.Int64
+	store, err := keystore.New(db, keystore.WithRetryOptions(
+		keystore.OnRetry(func(int, error) { retries.Add(1) })))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Phases: 0 before the kill, 1 from the kill until the restart
+	// returned, 2 after it. A call that started and ended in phase 0, or
+	// started in phase 2, is counted as clean (index 0 and 2); any other is
+	// counted as meeting the outage (index 1).
+	var phase atomic.Int32
+	var mu sync.Mutex
+	counts := [3]map[outcome]int{{}, {}, {}}
+	var keyIDs []string
+	var samples []string
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for wk := range w.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				p := phase.Load()
+				ext, perms := w.request(i%1000, (wk+i)%3)
+				k, err := store.CreateKey(ctx, keystore.CreateKeyRequest{
+					WorkspaceID: w.workspace, KeySpaceID: "ks", Name: ext,
+					ExternalID: ext, Permissions: perms, Ratelimits: w.ratelimits,
+				})
+				o := classify(err)
+				if p == 0 && phase.Load() != 0 {
+					p = 1
+				}
+				mu.Lock()
+				counts[p][o]++
+				if o == succeeded {
+					keyIDs = append(keyIDs, k.KeyID)
+				}
+				if o == unclassified && len(samples) < 5 {
+					samples = append(samples, err.Error())
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+
+	time.Sleep(500 * time.Millisecond)
+	phase.Store(1)
+	srv.Kill()
+	killedAt := time.Now()
+	time.Sleep(300 * time.Millisecond)
+	if err := srv.Restart(ctx); err != nil {
+		close(stop)
+		wg.Wait()
+		t.Fatalf("restart: %v", err)
+	}
+	t.Logf("server down for %v", time.Since(killedAt).Round(time.Millisecond))
+	phase.Store(2)
+	// Calls that started during the outage may still be retrying; give
+	// the ones started after the restart time to run.
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if ctx.Err() != nil {
+		t.Fatal("the workload hit its deadline: a call hung")
+	}
+
+	for p, name := range []string{"before the kill", "meeting the outage", "after the restart"} {
+		c := counts[p]
+		t.Logf("%s: %d succeeded, %d ambiguous commits, %d retries exhausted, %d unclassified",
+			name, c[succeeded], c[ambiguous], c[exhausted], c[unclassified])
+	}
+	t.Logf("retries: %d", retries.Load())
+	for _, s := range samples {
+		t.Errorf("unclassified error: %s", s)
+	}
+	for _, p := range []int{0, 2} {
+		c := counts[p]
+		if c[succeeded] == 0 || c[ambiguous]+c[exhausted]+c[unclassified] != 0 {
+			t.Errorf("calls %s (the server was up all along): %v, want only successes", []string{"before the kill", "", "after the restart"}[p], c)
+		}
+	}
+
+	ids := checkInvariants(t, db, w.workspace, w.want)
+	for _, id := range keyIDs {
+		if !ids[id] {
+			t.Errorf("key %s: CreateKey succeeded but the key did not survive the crash", id)
+		}
+	}
+	ok, amb := 0, 0
+	for _, c := range counts {
+		ok, amb = ok+c[succeeded], amb+c[ambiguous]
+	}
+	if len(ids) < ok || len(ids) > ok+amb {
+		t.Errorf("%d keys in the database, want between %d and %d", len(ids), ok, ok+amb)
+	}
+	waitIdle(t, db)
+}
