@@ -172,7 +172,12 @@ func NewStore(tb testing.TB, opts ...keystore.Option) *keystore.Store {
 //
 // Without it the server still dies with the test process (on Linux), but
 // its temporary directory is left until the next server starts.
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run is Main without the exit: it runs the tests, closes this package's
+// connections, stops the server if it started one, and returns the tests'
+// status, for a TestMain that has more to do afterwards (a leak check).
+func Run(m *testing.M) int {
 	code := m.Run()
 	if admin != nil {
 		admin.Close()
@@ -182,5 +187,5 @@ func Main(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "keystoretest:", err)
 		}
 	}
-	os.Exit(code)
+	return code
 }
