@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -39,12 +40,17 @@ import (
 //	             50 ms / 100 ms backoff on 1062/1213
 //	floor        BEGIN; INSERT the key row alone; COMMIT
 //
-// under three scenarios:
+// under four scenarios:
 //
-//	new       every op a new externalId, 16 workers
-//	existing  every op on one identity created before the timer, 16 workers
+//	new       every op a new externalId, on 1, 16 and 64 workers
+//	existing  every op on one identity created before the timer, on 1, 16
+//	          and 64 workers
 //	hot       bursts of 64 goroutines released together on one new
 //	          externalId, a new one every burst
+//	mixed-order  16 workers, every op a key with 6 permissions (new ones
+//	          every 50 ops, shared by all workers) and 2 ratelimits, given in
+//	          opposite orders by odd and even ops; its own shapes (see
+//	          mixedShapes): the deadlock-prone mix
 //
 // Names are BenchmarkCreateKey/scenario=S/c=N/shape=X, so that
 //
@@ -66,8 +72,8 @@ func BenchmarkCreateKey(b *testing.B) {
 		name    string
 		workers int
 	}{
-		{"new", 16},
-		{"existing", 16},
+		{"new", 1}, {"new", 16}, {"new", 64},
+		{"existing", 1}, {"existing", 16}, {"existing", 64},
 		{"hot", hotBurst},
 	}
 	for _, sc := range scenarios {
@@ -79,6 +85,11 @@ func BenchmarkCreateKey(b *testing.B) {
 			}
 		})
 	}
+	b.Run(fmt.Sprintf("scenario=mixed-order/c=%d", mixedWorkers), func(b *testing.B) {
+		for _, sh := range mixedShapes() {
+			b.Run("shape="+sh.name, func(b *testing.B) { benchMixedOrder(b, mixedWorkers, sh) })
+		}
+	})
 }
 
 const (
@@ -113,12 +124,7 @@ func benchShapes() []benchShape {
 func benchCreateKey(b *testing.B, scenario string, workers int, sh benchShape) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-
-	counters := &benchCounters{retries: map[string]int{}, errs: map[string]int{}}
-	ctx = context.WithValue(ctx, benchCountersKey{}, counters)
-	store, db := newStore(b, append(sh.opts, keystore.WithRetryOptions(keystore.OnRetry(func(_ int, err error) {
-		counters.retry(err)
-	})))...)
+	ctx, store, db, counters := newBenchStore(ctx, b, sh.opts...)
 	op := func(ctx context.Context, externalID string) error {
 		_, err := store.CreateKey(ctx, keystore.CreateKeyRequest{
 			WorkspaceID: benchWorkspace, KeySpaceID: benchKeySpace, ExternalID: externalID})
@@ -151,13 +157,19 @@ func benchCreateKey(b *testing.B, scenario string, workers int, sh benchShape) {
 			b.Fatalf("unknown scenario %q", scenario)
 		}
 	})
-	for _, err := range errs {
-		if err != nil {
-			counters.surfaced(err)
-		}
-	}
-	b.ReportMetric(float64(b.N+counters.retryCount())/float64(b.N), "attempts/op")
-	counters.log(b, sh.name, b.N)
+	counters.report(b, sh.name, errs)
+}
+
+// newBenchStore returns a Store (with opts) on a fresh database, that
+// database, and the counters of one benchmark run, which the Store's retries
+// and, through the returned context, the baselines' retries (noteRetry) go to.
+func newBenchStore(ctx context.Context, b *testing.B, opts ...keystore.Option) (context.Context, *keystore.Store, *sqlx.DB, *benchCounters) {
+	b.Helper()
+	counters := &benchCounters{retries: map[string]int{}, errs: map[string]int{}}
+	store, db := newStore(b, append(slices.Clone(opts), keystore.WithRetryOptions(keystore.OnRetry(func(_ int, err error) {
+		counters.retry(err)
+	})))...)
+	return context.WithValue(ctx, benchCountersKey{}, counters), store, db, counters
 }
 
 // measured runs the timed part of a benchmark: it opens warm connections
@@ -325,6 +337,20 @@ func (c *benchCounters) surfaced(err error) {
 	}
 }
 
+// report counts the errors the timed operations returned (errs, as measured
+// returns them), reports attempts/op (b.N operations plus their retries) and
+// logs the retries and errors.
+func (c *benchCounters) report(b *testing.B, shape string, errs []error) {
+	b.Helper()
+	for _, err := range errs {
+		if err != nil {
+			c.surfaced(err)
+		}
+	}
+	b.ReportMetric(float64(b.N+c.retryCount())/float64(b.N), "attempts/op")
+	c.log(b, shape, b.N)
+}
+
 // log reports what was retried and what failed; keystore must surface no
 // error, so any it does is logged loudly with its text.
 func (c *benchCounters) log(b *testing.B, shape string, n int) {
@@ -337,7 +363,7 @@ func (c *benchCounters) log(b *testing.B, shape string, n int) {
 		return
 	}
 	prefix := ""
-	if shape == "keystore" {
+	if strings.HasPrefix(shape, "keystore") {
 		prefix = "KEYSTORE SURFACED ERRORS (must be zero): "
 	}
 	b.Logf("%sN=%d errors by kind: %s", prefix, n, kinds(c.errs))
@@ -387,10 +413,7 @@ func seedNaive(ctx context.Context, db *sqlx.DB, workspace, externalID string) e
 		return err
 	}
 	defer tx.Rollback() // sends nothing after Commit
-	identityID, err := findBenchIdentity(ctx, tx, workspace, externalID)
-	if errors.Is(err, sql.ErrNoRows) {
-		identityID, err = insertBenchIdentity(ctx, tx, workspace, externalID, false)
-	}
+	identityID, err := seedIdentity(ctx, db, tx, workspace, externalID, false)
 	if err != nil {
 		return err
 	}
@@ -400,21 +423,48 @@ func seedNaive(ctx context.Context, db *sqlx.DB, workspace, externalID string) e
 	return tx.Commit()
 }
 
+// seedIdentity is the seed's find-then-insert of an identity in tx: a plain
+// read, and an INSERT when it missed. With reread, as the seed's fix did on
+// its read-only connection, a duplicate on that INSERT is answered by
+// reading again outside tx's snapshot (on db); if that misses too, the
+// duplicate is returned, for the caller to retry the whole transaction.
+func seedIdentity(ctx context.Context, db *sqlx.DB, tx *sqlx.Tx, workspace, externalID string, reread bool) (string, error) {
+	identityID, err := findBenchIdentity(ctx, tx, workspace, externalID)
+	if !errors.Is(err, sql.ErrNoRows) {
+		return identityID, err
+	}
+	identityID, err = insertBenchIdentity(ctx, tx, workspace, externalID, false)
+	if reread && keystore.IsDuplicateKey(err) {
+		if id, findErr := findBenchIdentity(ctx, db, workspace, externalID); findErr == nil {
+			return id, nil
+		} else if !errors.Is(findErr, sql.ErrNoRows) {
+			return "", findErr
+		}
+	}
+	return identityID, err
+}
+
 // seedRetry3 is the seed's fix; with audit it also writes the audit event
 // that keystore writes, for a like-for-like comparison.
 func seedRetry3(audit bool) baseline {
 	return func(ctx context.Context, db *sqlx.DB, workspace, externalID string) error {
-		var err error
-		for attempt := 1; attempt <= 3; attempt++ {
-			if attempt > 1 {
-				noteRetry(ctx, err)
-			}
-			if err = seedRetryAttempt(ctx, db, workspace, externalID, audit); err == nil || !dupOrDeadlock(err) {
-				return err
-			}
-		}
-		return err
+		return retry3(ctx, func() error { return seedRetryAttempt(ctx, db, workspace, externalID, audit) })
 	}
+}
+
+// retry3 is the seed's retry: attempt up to 3 times, at once, while it fails
+// with 1062 or 1213.
+func retry3(ctx context.Context, attempt func() error) error {
+	var err error
+	for i := 1; i <= 3; i++ {
+		if i > 1 {
+			noteRetry(ctx, err)
+		}
+		if err = attempt(); err == nil || !dupOrDeadlock(err) {
+			return err
+		}
+	}
+	return err
 }
 
 func seedRetryAttempt(ctx context.Context, db *sqlx.DB, workspace, externalID string, audit bool) error {
@@ -423,20 +473,7 @@ func seedRetryAttempt(ctx context.Context, db *sqlx.DB, workspace, externalID st
 		return err
 	}
 	defer tx.Rollback()
-	identityID, err := findBenchIdentity(ctx, tx, workspace, externalID)
-	if errors.Is(err, sql.ErrNoRows) {
-		identityID, err = insertBenchIdentity(ctx, tx, workspace, externalID, false)
-		if keystore.IsDuplicateKey(err) {
-			// As the seed did on its read-only connection: read again
-			// outside this transaction's snapshot. If that misses too,
-			// the duplicate is returned and the whole transaction retried.
-			if id, findErr := findBenchIdentity(ctx, db, workspace, externalID); findErr == nil {
-				identityID, err = id, nil
-			} else if !errors.Is(findErr, sql.ErrNoRows) {
-				err = findErr
-			}
-		}
-	}
+	identityID, err := seedIdentity(ctx, db, tx, workspace, externalID, true)
 	if err != nil {
 		return err
 	}
@@ -546,4 +583,154 @@ func insertBenchKey(ctx context.Context, tx *sqlx.Tx, workspace string, identity
 func benchID(prefix string) string {
 	u := uuid.Must(uuid.NewV7())
 	return prefix + "_" + hex.EncodeToString(u[:])
+}
+
+// The mixed-order scenario: the deadlock-prone mix of issue 4 (e).
+
+const (
+	mixedWorkers = 16
+	mixedPerms   = 6  // permission slugs per key
+	mixedEvery   = 50 // ops per generation of slugs: new ones after that many
+)
+
+// mixedBaseline creates a key with perms and rls in the order given.
+type mixedBaseline func(ctx context.Context, db *sqlx.DB, workspace string, perms []string, rls []keystore.Ratelimit) error
+
+type mixedShape struct {
+	name string
+	fn   mixedBaseline // nil for keystore
+	opts []keystore.Option
+}
+
+// mixedShapes: keystore (CreateKey, which sorts the slugs and creates the
+// missing ones in one INSERT IGNORE), the same without audit, and the naive
+// approach to permissions (see seedPermsAttempt) without retry
+// (seed-naive-perms: every deadlock is an error) and with the seed's retry
+// (seed-retry3-perms).
+func mixedShapes() []mixedShape {
+	return []mixedShape{
+		{name: "keystore"},
+		{name: "keystore-noaudit", opts: []keystore.Option{keystore.WithoutAudit()}},
+		{name: "seed-naive-perms", fn: seedPermsAttempt},
+		{name: "seed-retry3-perms", fn: seedRetry3Perms},
+	}
+}
+
+// mixedRequest is op i's permissions and ratelimits: the 6 slugs of
+// generation i/50, shared by every op of the generation whatever its worker,
+// and 2 ratelimits, both reversed for odd ops. runWorkers hands out ops in
+// order, so the ops in flight at any moment are about half odd, half even,
+// as if odd and even workers used opposite orders.
+func mixedRequest(i int) ([]string, []keystore.Ratelimit) {
+	perms := make([]string, mixedPerms)
+	for k := range perms {
+		perms[k] = fmt.Sprintf("mix.g%d.p%d", i/mixedEvery, k)
+	}
+	rls := []keystore.Ratelimit{{Name: "per-second", Limit: 10, Duration: time.Second},
+		{Name: "per-minute", Limit: 300, Duration: time.Minute}}
+	if i%2 == 1 {
+		slices.Reverse(perms)
+		slices.Reverse(rls)
+	}
+	return perms, rls
+}
+
+func benchMixedOrder(b *testing.B, workers int, sh mixedShape) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	ctx, store, db, counters := newBenchStore(ctx, b, sh.opts...)
+	op := func(ctx context.Context, perms []string, rls []keystore.Ratelimit) error {
+		_, err := store.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: benchWorkspace, KeySpaceID: benchKeySpace,
+			Permissions: perms, Ratelimits: rls})
+		return err
+	}
+	if sh.fn != nil {
+		op = func(ctx context.Context, perms []string, rls []keystore.Ratelimit) error {
+			return sh.fn(ctx, db, benchWorkspace, perms, rls)
+		}
+	}
+	// The baseline reads on a second connection while its transaction
+	// holds one.
+	errs := measured(b, db, min(2*workers, 90), func(timed func(i int, op func() error)) {
+		runWorkers(b.N, workers, func(i int) {
+			perms, rls := mixedRequest(i)
+			timed(i, func() error { return op(ctx, perms, rls) })
+		})
+	})
+	counters.report(b, sh.name, errs)
+}
+
+// seedRetry3Perms is seedPermsAttempt retried the seed's way: the whole
+// transaction up to 3 times on 1062/1213, without backoff.
+func seedRetry3Perms(ctx context.Context, db *sqlx.DB, workspace string, perms []string, rls []keystore.Ratelimit) error {
+	return retry3(ctx, func() error { return seedPermsAttempt(ctx, db, workspace, perms, rls) })
+}
+
+// seedPermsAttempt is the naive approach to permissions: in one
+// transaction, for each slug in the order given, a plain INSERT of the
+// permission and, on a duplicate, a read of its id outside the transaction
+// (as seedRetryAttempt reads the identity); then the key row (with the JSON
+// columns CreateKey writes: permissions, ratelimits) and one link row per
+// permission. Two callers inserting the same new slugs in
+// opposite orders each hold one the other needs next: a deadlock.
+func seedPermsAttempt(ctx context.Context, db *sqlx.DB, workspace string, perms []string, rls []keystore.Ratelimit) error {
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	now := time.Now().UTC()
+	ids := make([]string, len(perms))
+	for k, slug := range perms {
+		id := benchID("bperm")
+		_, err := tx.ExecContext(ctx, `INSERT INTO keystore_permissions (id, workspace_id, slug, created_at)
+			VALUES (?, ?, ?, ?)`, id, workspace, slug, now)
+		if keystore.IsDuplicateKey(err) {
+			var found string
+			if findErr := db.GetContext(ctx, &found, `SELECT id FROM keystore_permissions
+				WHERE workspace_id = ? AND slug = ?`, workspace, slug); findErr == nil {
+				id, err = found, nil
+			} else if !errors.Is(findErr, sql.ErrNoRows) {
+				err = findErr
+			}
+		}
+		if err != nil {
+			return err
+		}
+		ids[k] = id
+	}
+	permsJSON, err := json.Marshal(perms)
+	if err != nil {
+		return err
+	}
+	type rlJSON struct {
+		Name   string `json:"n"`
+		Limit  int64  `json:"l"`
+		Millis int64  `json:"d"`
+		Auto   int    `json:"a"`
+	}
+	rows := make([]rlJSON, len(rls))
+	for k, rl := range rls {
+		rows[k] = rlJSON{Name: rl.Name, Limit: rl.Limit, Millis: rl.Duration.Milliseconds()}
+	}
+	rlsJSON, err := json.Marshal(rows)
+	if err != nil {
+		return err
+	}
+	var secret [16]byte
+	_, _ = rand.Read(secret[:])
+	hash := sha256.Sum256(secret[:])
+	keyID := benchID("bkey")
+	if _, err := tx.ExecContext(ctx, `INSERT INTO keystore_keys
+		(id, workspace_id, key_space_id, hash, start, enabled, permissions, ratelimits, created_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?)`,
+		keyID, workspace, benchKeySpace, hash[:], "b_"+hex.EncodeToString(secret[:2]), string(permsJSON), string(rlsJSON), now, now); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO keystore_key_permissions (key_id, permission_id) VALUES (?, ?)`, keyID, id); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
 }
