@@ -17,7 +17,12 @@ const maxIdentityHints = 50_000
 
 func hintKey(workspaceID, externalID string) string { return workspaceID + "\x00" + externalID }
 
+// has reports whether the identity was seen; a nil *identityHints has seen
+// nothing and learns nothing.
 func (h *identityHints) has(workspaceID, externalID string) bool {
+	if h == nil {
+		return false
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	_, ok := h.seen[hintKey(workspaceID, externalID)]
@@ -25,6 +30,9 @@ func (h *identityHints) has(workspaceID, externalID string) bool {
 }
 
 func (h *identityHints) add(workspaceID, externalID string) {
+	if h == nil {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.seen == nil || len(h.seen) >= maxIdentityHints {

@@ -115,10 +115,10 @@ func creditColumns(c *Credits, now time.Time) []any {
 }
 
 // UpdateKey changes the Present fields of req and returns the key as
-// committed, including what other transactions committed before it. The key
-// row is locked first, so concurrent updates of one key apply one after the
-// other. Setting ExternalID links the found-or-created identity with the same
-// race safety as CreateKey.
+// committed, including what other transactions committed before it.
+// Concurrent updates of one key apply one after the other (the key's row
+// lock). Setting ExternalID links the found-or-created identity with the
+// same race safety as CreateKey.
 //
 // Errors: ErrInvalidInput when req is invalid; ErrNotFound when the key does
 // not exist, was deleted, belongs to another workspace, or a role does not
@@ -142,26 +142,27 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 		if err := lockRoles(ctx, tx, req.WorkspaceID, roles); err != nil {
 			return Key{}, err
 		}
-		// The key row is locked first, so concurrent updates of one key
-		// apply one after the other, and the final read (at READ
-		// COMMITTED) sees every row committed before it, including an
-		// identity or permission a racing transaction just created.
-		var one int
-		err := tx.GetContext(ctx, &one, `SELECT 1 FROM keystore_keys
-			WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL FOR UPDATE`, req.KeyID, req.WorkspaceID)
-		if errors.Is(err, sql.ErrNoRows) {
-			return Key{}, fmt.Errorf("keystore: key %q: %w", req.KeyID, ErrNotFound)
-		}
-		if err != nil {
-			return Key{}, fmt.Errorf("keystore: lock key: %w", err)
+		// A change of links locks the key row first, so that concurrent
+		// link changes of one key do not interleave. Any other update is
+		// locked by its UPDATE.
+		linksChange := req.Permissions.Present() || req.Roles.Present()
+		if linksChange {
+			if err := lockKey(ctx, tx, req.WorkspaceID, req.KeyID); err != nil {
+				return Key{}, err
+			}
 		}
 		sets, args := update.sets, update.args
-		if req.Permissions.Present() || req.Roles.Present() {
+		if linksChange {
 			sets = append(sets, setsFromLinks) // after the links below change
 		}
 		events := []audit{{event: EventKeyUpdate, keyID: req.KeyID}}
 		if ext, ok := req.ExternalID.Value(); ok {
-			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, ext, &s.hints)
+			// No plain read comes before the final read of the key, so
+			// the snapshot that read uses is taken after every write here
+			// and sees what racing transactions committed (an identity or
+			// permission they just created): the identity is got INSERT
+			// first (no hint), whose duplicate path reads under a lock.
+			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, ext, nil)
 			if err != nil {
 				return Key{}, err
 			}
@@ -196,16 +197,38 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 				return Key{}, err
 			}
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE keystore_keys k SET `+strings.Join(sets, ", ")+` WHERE k.id = ?`,
-			append(args, req.KeyID)...)
+		res, err := tx.ExecContext(ctx, `UPDATE keystore_keys k SET `+strings.Join(sets, ", ")+
+			` WHERE k.id = ? AND k.workspace_id = ? AND k.deleted_at IS NULL`, append(args, req.KeyID, req.WorkspaceID)...)
 		if err != nil {
 			return Key{}, fmt.Errorf("keystore: update key: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			// Missing, or unchanged because a concurrent update set the
+			// same updated_at to the microsecond: the lock tells which.
+			if err := lockKey(ctx, tx, req.WorkspaceID, req.KeyID); err != nil {
+				return Key{}, err
+			}
 		}
 		if err := s.writeAudit(ctx, tx, now, req.WorkspaceID, events...); err != nil {
 			return Key{}, err
 		}
 		return getKey(ctx, tx, req.WorkspaceID, req.KeyID)
-	}, readCommitted)
+	})
+}
+
+// lockKey takes the exclusive lock on a live key of workspaceID, or returns
+// an error matching ErrNotFound.
+func lockKey(ctx context.Context, tx *sqlx.Tx, workspaceID, keyID string) error {
+	var one int
+	err := tx.GetContext(ctx, &one, `SELECT 1 FROM keystore_keys
+		WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL FOR UPDATE`, keyID, workspaceID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("keystore: key %q: %w", keyID, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("keystore: lock key: %w", err)
+	}
+	return nil
 }
 
 // columnUpdate is the SET list of an UPDATE of keystore_keys.
