@@ -125,23 +125,35 @@ func ensurePermissions(ctx context.Context, tx *sqlx.Tx, now time.Time, workspac
 }
 
 // linkPermissions links keyID to the permissions of slugs (sorted, unique,
-// all existing). The INSERT ... SELECT reads them under shared locks, so it
-// sees rows other transactions just committed.
+// all existing).
 func linkPermissions(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string, slugs []string) error {
 	if len(slugs) == 0 {
 		return nil
 	}
-	args := append([]any{keyID, workspaceID}, anys(slugs)...)
-	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_key_permissions (key_id, permission_id)
-		SELECT ?, id FROM keystore_permissions WHERE workspace_id = ? AND slug IN (`+placeholders(len(slugs))+`)
-		LOCK IN SHARE MODE`, args...)
+	n, err := linkByName(ctx, tx, "keystore_key_permissions", "permission_id", "keystore_permissions", "slug", keyID, workspaceID, slugs)
 	if err != nil {
 		return fmt.Errorf("keystore: link permissions: %w", err)
 	}
-	if n, err := res.RowsAffected(); err != nil || n != int64(len(slugs)) {
+	if n != int64(len(slugs)) {
 		return fmt.Errorf("keystore: link permissions: linked %d of %d: %w", n, len(slugs), errConcurrentChange)
 	}
 	return nil
+}
+
+// linkByName inserts a row (keyID, id) into the link table for every row of
+// source in workspaceID whose nameColumn is one of names, and returns how
+// many it linked. The INSERT ... SELECT reads them under shared locks, so it
+// sees rows other transactions just committed and keeps them from being
+// deleted until this transaction ends. The table and column names are
+// constants of the callers, never input.
+func linkByName(ctx context.Context, tx *sqlx.Tx, table, column, source, nameColumn, keyID, workspaceID string, names []string) (int64, error) {
+	res, err := tx.ExecContext(ctx, `INSERT INTO `+table+` (key_id, `+column+`)
+		SELECT ?, id FROM `+source+` WHERE workspace_id = ? AND `+nameColumn+` IN (`+placeholders(len(names))+`)
+		LOCK IN SHARE MODE`, append([]any{keyID, workspaceID}, anys(names)...)...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 // sortedUnique returns the values sorted and without duplicates, the fixed

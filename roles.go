@@ -190,7 +190,7 @@ func (s *Store) DeleteRole(ctx context.Context, workspaceID, name string) error 
 			return struct{}{}, err
 		}
 		return struct{}{}, s.writeAudit(ctx, tx, now, workspaceID, audit{event: EventRoleDelete, roleID: id})
-	})
+	}, readCommitted) // refreshing keys reads their links as last committed
 	return err
 }
 
@@ -222,14 +222,11 @@ func linkRoles(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string, name
 	if len(names) == 0 {
 		return nil
 	}
-	args := append([]any{keyID, workspaceID}, anys(names)...)
-	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_key_roles (key_id, role_id)
-		SELECT ?, id FROM keystore_roles WHERE workspace_id = ? AND name IN (`+placeholders(len(names))+`)
-		LOCK IN SHARE MODE`, args...)
+	n, err := linkByName(ctx, tx, "keystore_key_roles", "role_id", "keystore_roles", "name", keyID, workspaceID, names)
 	if err != nil {
 		return fmt.Errorf("keystore: link roles: %w", err)
 	}
-	if n, err := res.RowsAffected(); err == nil && n == int64(len(names)) {
+	if n == int64(len(names)) {
 		return nil
 	}
 	var found []string

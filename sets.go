@@ -57,13 +57,23 @@ func refreshKeySets(ctx context.Context, tx *sqlx.Tx, keyID string) error {
 }
 
 // refreshRoleHolders recomputes the permissions and roles of every key that
-// holds roleID. The join drives from the role's links, so only those keys'
-// rows are locked.
+// holds roleID, by primary key in batches, so that only those keys' rows
+// are locked. (A multi-table UPDATE joined from the links did the same in
+// one statement, but MariaDB stages such updates in a temporary table, and
+// under load one failed with error 6 deleting it.) The caller holds the
+// role's exclusive lock, so no key gains the role meanwhile; a key that
+// loses it meanwhile is recomputed from its links all the same.
 func refreshRoleHolders(ctx context.Context, tx *sqlx.Tx, now time.Time, roleID string) error {
-	_, err := tx.ExecContext(ctx, `UPDATE keystore_keys k JOIN keystore_key_roles holder ON holder.key_id = k.id
-		SET k.updated_at = ?, `+setsFromLinks+` WHERE holder.role_id = ?`, utc(now), roleID)
-	if err != nil {
-		return fmt.Errorf("keystore: refresh permissions of the role's keys: %w", err)
+	var keyIDs []string
+	if err := tx.SelectContext(ctx, &keyIDs, `SELECT key_id FROM keystore_key_roles WHERE role_id = ?`, roleID); err != nil {
+		return fmt.Errorf("keystore: find the role's keys: %w", err)
+	}
+	for batch := range slices.Chunk(keyIDs, 500) {
+		_, err := tx.ExecContext(ctx, `UPDATE keystore_keys k SET k.updated_at = ?, `+setsFromLinks+
+			` WHERE k.id IN (`+placeholders(len(batch))+`)`, append([]any{utc(now)}, anys(batch)...)...)
+		if err != nil {
+			return fmt.Errorf("keystore: refresh permissions of the role's keys: %w", err)
+		}
 	}
 	return nil
 }
