@@ -22,6 +22,7 @@ bench: ensure-mariadb
 	for i in 1 2 3 4 5; do KEYSTORE_MARIADB_DURABLE=1 bin/keystore.test -test.run '^$$' \
 		-test.bench 'BenchmarkCreateKey|BenchmarkUpdateKeyLink|BenchmarkVerifyKey' -test.benchtime 400x; done | tee bench.txt
 	$(GO) run ./cmd/benchtable < bench.txt > BENCHMARKS.md
+	$(GO) run ./cmd/benchtable -json < bench.txt > bench.json
 
 ensure-mariadb:
 	bash scripts/ensure-mariadb.sh

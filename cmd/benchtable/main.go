@@ -7,6 +7,10 @@
 // together.
 //
 //	go test -run '^$' -bench . -count 5 | go run ./cmd/benchtable > BENCHMARKS.md
+//	go run ./cmd/benchtable -json < bench.txt > bench.json
+//
+// With -json it writes the medians as JSON instead: one object per
+// benchmark and shape, {"benchmark", "shape", "runs", "metrics"}.
 //
 // A benchmark name "Group/a=1/shape=x" is grouped by everything but its
 // shape=... element, so shapes measured under the same conditions are
@@ -15,6 +19,8 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -30,6 +36,8 @@ type run struct {
 }
 
 func main() {
+	asJSON := flag.Bool("json", false, "write the medians as JSON instead of Markdown")
+	flag.Parse()
 	runs, err := parse(os.Stdin)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchtable:", err)
@@ -39,7 +47,47 @@ func main() {
 		fmt.Fprintln(os.Stderr, "benchtable: no benchmark lines on standard input")
 		os.Exit(1)
 	}
+	if *asJSON {
+		if err := reportJSON(os.Stdout, runs); err != nil {
+			fmt.Fprintln(os.Stderr, "benchtable:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	report(os.Stdout, runs)
+}
+
+// reportJSON writes the median of every metric per benchmark and shape.
+func reportJSON(w io.Writer, runs []run) error {
+	type result struct {
+		Benchmark string             `json:"benchmark"`
+		Shape     string             `json:"shape"`
+		Runs      int                `json:"runs"`
+		Metrics   map[string]float64 `json:"metrics"`
+	}
+	var out []result
+	index := map[[2]string]int{}
+	grouped := map[[2]string][]run{}
+	for _, r := range runs {
+		k := [2]string{r.group, r.shape}
+		if _, ok := index[k]; !ok {
+			index[k] = len(out)
+			out = append(out, result{Benchmark: r.group, Shape: r.shape, Metrics: map[string]float64{}})
+		}
+		grouped[k] = append(grouped[k], r)
+	}
+	for k, i := range index {
+		rs := grouped[k]
+		out[i].Runs = len(rs)
+		for _, r := range rs {
+			for u := range r.metrics {
+				out[i].Metrics[u] = median(metric(rs, u))
+			}
+		}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
 }
 
 // parse reads benchmark lines: "BenchmarkX/a/shape=s-2  N  v1 unit1  v2 unit2 ...".
