@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/idsafe/keystore"
 	"github.com/idsafe/keystore/keystoretest"
@@ -58,5 +59,39 @@ func TestInvalidActorIsCleaned(t *testing.T) {
 	var actor string
 	if err := db.Get(&actor, `SELECT actor FROM keystore_audit_events`); err != nil || actor != "bad\uFFFDactor" {
 		t.Fatalf("actor stored as %q, %v", actor, err)
+	}
+}
+
+// Strings with SQL metacharacters, quotes, backslashes and unusual Unicode
+// are stored and read back byte for byte, and never executed.
+func TestHostileStringsRoundTrip(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	hostile := []string{
+		`x'; DROP TABLE keystore_keys; --`,
+		`"quoted" \backslash\ 'single' ` + "`tick`",
+		"emoji 🔑 and RTL \u202e and combining e\u0301",
+		`%_ LIKE wildcards \% \_`,
+		"0x41 /* comment */ # hash",
+	}
+	for i, h := range hostile {
+		c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws" + h, KeySpaceID: "ks" + h,
+			ExternalID: h, Name: h, Meta: map[string]any{h: h}, Ratelimits: []keystore.Ratelimit{{Name: h, Limit: 1, Duration: time.Second}}})
+		if err != nil {
+			t.Fatalf("%d: %v", i, err)
+		}
+		k, err := s.GetKey(ctx, "ws"+h, c.KeyID)
+		if err != nil {
+			t.Fatalf("%d: %v", i, err)
+		}
+		if k.ExternalID != h || k.Name != h || k.Meta[h] != h || k.KeySpaceID != "ks"+h || k.Ratelimits[0].Name != h {
+			t.Fatalf("%d: read back %+v", i, k)
+		}
+		if id, err := s.FindIdentity(ctx, "ws"+h, h); err != nil || id.ID != c.IdentityID {
+			t.Fatalf("%d: FindIdentity: %+v, %v", i, id, err)
+		}
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys`); n != len(hostile) {
+		t.Fatalf("%d keys, want %d", n, len(hostile))
 	}
 }
