@@ -146,14 +146,12 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 		// link changes of one key do not interleave. Any other update is
 		// locked by its UPDATE.
 		linksChange := req.Permissions.Present() || req.Roles.Present()
+		sets, args := update.sets, update.args
 		if linksChange {
 			if err := lockKey(ctx, tx, req.WorkspaceID, req.KeyID); err != nil {
 				return Key{}, err
 			}
-		}
-		sets, args := update.sets, update.args
-		if linksChange {
-			sets = append(sets, setsFromLinks) // after the links below change
+			sets = append(sets, setsFromLinks) // computed after the links below change
 		}
 		events := []audit{{event: EventKeyUpdate, keyID: req.KeyID}}
 		if ext, ok := req.ExternalID.Value(); ok {
@@ -192,7 +190,7 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 				return Key{}, err
 			}
 		}
-		if req.Permissions.Present() || req.Roles.Present() {
+		if linksChange {
 			if err := liftAggregateLimit(ctx, tx); err != nil {
 				return Key{}, err
 			}
