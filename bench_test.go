@@ -175,9 +175,10 @@ func newBenchStore(ctx context.Context, b *testing.B, opts ...keystore.Option) (
 // measured runs the timed part of a benchmark: it opens warm connections
 // first, so that neither latency nor the statement count includes
 // connecting, then calls run, whose timed(i, op) runs and times op as
-// operation i of b.N. It reports errors/op, stmts/op (the server's global
-// Questions counter, valid because the test binary's server is private to
-// it), p50-ms and p99-ms, and returns the operations' errors.
+// operation i of b.N. It reports errors/op, stmts/op and rollbacks/op (the
+// server's global Questions and Com_rollback counters, valid because the
+// test binary's server is private to it), p50-ms and p99-ms, and returns the
+// operations' errors.
 func measured(b *testing.B, db *sqlx.DB, warm int, run func(timed func(i int, op func() error))) []error {
 	ctx := context.Background()
 	warmPool(b, db, warm)
@@ -192,7 +193,7 @@ func measured(b *testing.B, db *sqlx.DB, warm int, run func(timed func(i int, op
 
 	durs := make([]time.Duration, b.N)
 	errs := make([]error, b.N)
-	before := questions(b, status)
+	before := serverCounters(b, status)
 	b.ResetTimer()
 	run(func(i int, op func() error) {
 		start := time.Now()
@@ -200,7 +201,7 @@ func measured(b *testing.B, db *sqlx.DB, warm int, run func(timed func(i int, op
 		durs[i] = time.Since(start)
 	})
 	b.StopTimer()
-	after := questions(b, status)
+	after := serverCounters(b, status)
 
 	failed := 0
 	for _, err := range errs {
@@ -210,7 +211,8 @@ func measured(b *testing.B, db *sqlx.DB, warm int, run func(timed func(i int, op
 	}
 	slices.Sort(durs)
 	b.ReportMetric(float64(failed)/float64(b.N), "errors/op")
-	b.ReportMetric(float64(after-before-showCost)/float64(b.N), "stmts/op")
+	b.ReportMetric(float64(after["Questions"]-before["Questions"]-showCost)/float64(b.N), "stmts/op")
+	b.ReportMetric(float64(after["Com_rollback"]-before["Com_rollback"])/float64(b.N), "rollbacks/op")
 	b.ReportMetric(ms(percentile(durs, 0.50)), "p50-ms")
 	b.ReportMetric(ms(percentile(durs, 0.99)), "p99-ms")
 	return errs
@@ -280,14 +282,31 @@ func warmPool(b *testing.B, db *sqlx.DB, n int) {
 }
 
 // questions returns the server's global Questions counter.
-func questions(b *testing.B, conn *sql.Conn) int {
+func questions(b *testing.B, conn *sql.Conn) int { return serverCounters(b, conn)["Questions"] }
+
+// serverCounters reads the server's global Questions (statements) and
+// Com_rollback (transactions rolled back: failed or retried attempts).
+func serverCounters(b *testing.B, conn *sql.Conn) map[string]int {
 	b.Helper()
-	var name string
-	var v int
-	if err := conn.QueryRowContext(context.Background(), `SHOW GLOBAL STATUS LIKE 'Questions'`).Scan(&name, &v); err != nil {
+	rows, err := conn.QueryContext(context.Background(),
+		`SHOW GLOBAL STATUS WHERE Variable_name IN ('Questions', 'Com_rollback')`)
+	if err != nil {
 		b.Fatal(err)
 	}
-	return v
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var name string
+		var v int
+		if err := rows.Scan(&name, &v); err != nil {
+			b.Fatal(err)
+		}
+		out[name] = v
+	}
+	if err := rows.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return out
 }
 
 // percentile returns the nearest-rank p-quantile of sorted durations.
