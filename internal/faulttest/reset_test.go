@@ -125,9 +125,13 @@ func TestConnectionResetsUnderLoad(t *testing.T) {
 	w := newWorkload(t, 16, 50, "")
 	w = newWorkload(t, 16, 50, ratelimitsJSON(t, f.Direct, w.ratelimits))
 
-	var retries atomic.Int64
+	var retries, mostRetries atomic.Int64
 	store, err := keystore.New(f.Proxied, keystore.WithRetryOptions(
-		keystore.OnRetry(func(int, error) { retries.Add(1) })))
+		keystore.OnRetry(func(attempt int, _ error) {
+			retries.Add(1)
+			for m := mostRetries.Load(); int64(attempt) > m && !mostRetries.CompareAndSwap(m, int64(attempt)); m = mostRetries.Load() {
+			}
+		})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,6 +153,7 @@ func TestConnectionResetsUnderLoad(t *testing.T) {
 	t.Logf("%d calls in %v; faults injected: %v; exhausted retries ending on a connection error: %d",
 		w.workers*w.calls, elapsed.Round(time.Millisecond), injected, tl.connErr)
 	report(t, tl.counts, retries.Load())
+	t.Logf("at most %d retries in one call (budget %d attempts)", mostRetries.Load(), keystore.DefaultMaxAttempts)
 	w.check(t, f, tl)
 	waitIdle(t, f.Proxied)
 }
