@@ -21,6 +21,7 @@ const (
 	errServerShutdown    = 1053 // ER_SERVER_SHUTDOWN: connection closed, transaction rolled back
 	errConnectionKilled  = 1927 // ER_CONNECTION_KILLED (MariaDB)
 	errClientIdleTimeout = 4031 // MySQL 8.0.24+: idle connection closed by the server
+	errParse             = 1064 // ER_PARSE_ERROR: only the statement was rolled back
 )
 
 // RetryError is returned by [WithRetryTx] when every attempt failed with a
@@ -59,6 +60,13 @@ func serverErrorNumber(err error) (uint16, bool) {
 func IsDuplicateKey(err error) bool {
 	n, ok := serverErrorNumber(err)
 	return ok && n == errDupEntry
+}
+
+// isParseError reports whether err is a syntax error (1064): the server
+// does not know a statement's syntax, such as MySQL INSERT ... RETURNING.
+func isParseError(err error) bool {
+	n, ok := serverErrorNumber(err)
+	return ok && n == errParse
 }
 
 // IsDeadlock reports whether err is, or wraps, a deadlock (1213), which is

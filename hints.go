@@ -2,14 +2,15 @@ package keystore
 
 import "sync"
 
-// identityHints remembers which identities this Store has seen, to guess
-// which statement of ensureIdentity goes first: a read for an identity seen
-// before, an INSERT for one never seen. It is a guess and nothing more; a
-// wrong one (an identity created by another process, or deleted since) costs
-// one statement. It is safe for concurrent use.
+// identityHints remembers the identities this Store has committed links to
+// (external id -> identity id), to choose CreateKey's first statement: for
+// an identity seen before, the key's INSERT reads the owner itself; for one
+// never seen, the identity's INSERT goes first. A hint is a guess and
+// nothing more: a wrong one (an identity deleted or created by another
+// process) costs one statement. It is safe for concurrent use.
 type identityHints struct {
 	mu   sync.Mutex
-	seen map[string]struct{}
+	seen map[string]string
 }
 
 // maxIdentityHints bounds the memory: when full, the hints start over.
@@ -17,26 +18,37 @@ const maxIdentityHints = 50_000
 
 func hintKey(workspaceID, externalID string) string { return workspaceID + "\x00" + externalID }
 
-// has reports whether the identity was seen; a nil *identityHints has seen
-// nothing and learns nothing.
-func (h *identityHints) has(workspaceID, externalID string) bool {
+// get returns the identity id last seen for externalID; a nil
+// *identityHints has seen nothing and learns nothing.
+func (h *identityHints) get(workspaceID, externalID string) (string, bool) {
 	if h == nil {
-		return false
+		return "", false
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	_, ok := h.seen[hintKey(workspaceID, externalID)]
-	return ok
+	id, ok := h.seen[hintKey(workspaceID, externalID)]
+	return id, ok
 }
 
-func (h *identityHints) add(workspaceID, externalID string) {
+// add remembers identityID, which a committed transaction linked to.
+func (h *identityHints) add(workspaceID, externalID, identityID string) {
 	if h == nil {
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.seen == nil || len(h.seen) >= maxIdentityHints {
-		h.seen = make(map[string]struct{})
+		h.seen = make(map[string]string)
 	}
-	h.seen[hintKey(workspaceID, externalID)] = struct{}{}
+	h.seen[hintKey(workspaceID, externalID)] = identityID
+}
+
+// forget drops a hint that proved wrong.
+func (h *identityHints) forget(workspaceID, externalID string) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.seen, hintKey(workspaceID, externalID))
 }

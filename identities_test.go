@@ -125,6 +125,44 @@ func TestRecreateIdentityAfterDelete(t *testing.T) {
 	}
 }
 
+// A Store remembers which identity it linked keys of an externalID to. When
+// another process deleted and re-created that identity, the next key goes
+// to the live one all the same.
+func TestStaleIdentityHint(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	other, err := keystore.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.DeleteIdentity(ctx, "ws", "u"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 { // the identity is created anew, then found
+		c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		live, err := s.FindIdentity(ctx, "ws", "u")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.IdentityID == first.IdentityID || c.IdentityID != live.ID {
+			t.Fatalf("key %d after the delete went to identity %s; deleted %s, live %s", i, c.IdentityID, first.IdentityID, live.ID)
+		}
+		if k, err := s.GetKey(ctx, "ws", c.KeyID); err != nil || k.ExternalID != "u" {
+			t.Fatalf("key %d reads back as owned by %q, %v", i, k.ExternalID, err)
+		}
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE identity_id = ?`, first.IdentityID); n != 1 {
+		t.Fatalf("%d keys on the deleted identity, want 1", n)
+	}
+}
+
 func TestUpdateIdentity(t *testing.T) {
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	var mu sync.Mutex

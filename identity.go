@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -32,38 +33,29 @@ import (
 // DUPLICATE KEY UPDATE (an exclusive lock that serialises every key of a hot
 // identity) and with the seed's shapes.
 //
-// A found identity is not locked either. Locking it (a shared lock, so that
-// a concurrent DeleteIdentity waits) made every key of one busy identity
-// queue on that row's lock list: 16 writers creating keys for one identity
-// ran at 0.65x the speed, measured. Instead, a key linked to an identity
-// that was deleted meanwhile reads as unowned: every read joins only live
-// identities, and DeleteIdentity leaves links alone. That is exactly the
-// state of the serial order "key created, then identity deleted", which is
-// a valid order for two calls that overlapped.
+// CreateKey folds the read into the key's own INSERT ... SELECT (see
+// insertOwnedKey), which saves a statement and, under REPEATABLE READ,
+// share-locks the identity row it read. That lock makes a DeleteIdentity
+// wait for the keys being created, not fail them. Keys do not otherwise
+// hold their owner: a key linked to an identity that was deleted later
+// reads as unowned, because every read joins only live identities and
+// DeleteIdentity leaves links alone. That is exactly the state of the serial
+// order "key created, then identity deleted".
 
 // ensureIdentity returns the live identity of externalID in workspaceID,
 // creating it when there is none (then the row has created set). A found
 // row has only ID, WorkspaceID and ExternalID.
 //
-// hints choose the first statement. For an identity the Store has seen, a
+// seen chooses the first statement. For an identity the caller has seen, a
 // plain read finds it in one statement, and the INSERT comes only if it
 // missed. For one it has not seen, the INSERT comes first and a new identity
 // costs one statement instead of two; if the INSERT finds the identity there
 // after all (1062), the shared-lock read follows. Either order is the same
 // protocol with the same locks, so a wrong guess costs one statement and
-// nothing else. Measured (BenchmarkCreateKey, new owners, without audit):
-// 0.56x the bare-INSERT floor read-first, 0.62x insert-first.
-func ensureIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, hints *identityHints) (identityRow, error) {
-	row, err := getOrCreateIdentity(ctx, tx, now, workspaceID, externalID, hints.has(workspaceID, externalID))
-	if err == nil {
-		hints.add(workspaceID, externalID)
-	}
-	return row, err
-}
-
-func getOrCreateIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, seen bool) (identityRow, error) {
-	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
+// nothing else.
+func ensureIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, seen bool) (identityRow, error) {
 	if seen {
+		found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
 		err := tx.GetContext(ctx, &found.ID, selectIdentityID, workspaceID, externalID)
 		if err == nil {
 			return found, nil
@@ -72,22 +64,35 @@ func getOrCreateIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, worksp
 			return found, fmt.Errorf("keystore: find identity: %w", err)
 		}
 	}
+	created, err := insertIdentity(ctx, tx, now, workspaceID, externalID)
+	if !IsDuplicateKey(err) {
+		return created, err
+	}
+	return readIdentityAfterDuplicate(ctx, tx, workspaceID, externalID)
+}
+
+// insertIdentity creates the identity of externalID. It fails with a
+// duplicate-key error (1062) when a live one exists, after waiting for a
+// racing creator to commit.
+func insertIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string) (identityRow, error) {
 	created := identityRow{ID: newID("id"), WorkspaceID: workspaceID, ExternalID: externalID,
 		CreatedAt: dbTime{now, true}, UpdatedAt: dbTime{now, true}, created: true}
 	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at)
 		VALUES (?, ?, ?, 1, ?, ?)`, created.ID, workspaceID, externalID, utc(now), utc(now))
-	if err == nil {
-		return created, nil
+	if err != nil {
+		return identityRow{}, fmt.Errorf("keystore: create identity: %w", err)
 	}
-	if !IsDuplicateKey(err) {
-		return found, fmt.Errorf("keystore: create identity: %w", err)
-	}
-	// It exists (a racing creator won, or it existed all along); the
-	// winner has committed. A plain SELECT could read a snapshot that
-	// misses it; the locking read sees it. It finds nothing only if the
-	// identity was deleted since: running the transaction again creates it
-	// anew.
-	err = tx.GetContext(ctx, &found.ID, selectIdentityID+" LOCK IN SHARE MODE", workspaceID, externalID)
+	return created, nil
+}
+
+// readIdentityAfterDuplicate reads the identity that insertIdentity found
+// there: a racing creator won, or it existed all along; either way it has
+// committed. A plain SELECT could read a snapshot that misses it; the
+// locking read sees it. It finds nothing only if the identity was deleted
+// since: running the transaction again creates it anew.
+func readIdentityAfterDuplicate(ctx context.Context, tx *sqlx.Tx, workspaceID, externalID string) (identityRow, error) {
+	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
+	err := tx.GetContext(ctx, &found.ID, selectIdentityID+" LOCK IN SHARE MODE", workspaceID, externalID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return found, fmt.Errorf("keystore: identity deleted after a duplicate: %w", errConcurrentChange)
 	}
@@ -95,6 +100,103 @@ func getOrCreateIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, worksp
 		return found, fmt.Errorf("keystore: read identity after duplicate: %w", err)
 	}
 	return found, nil
+}
+
+// insertOwnedKey inserts the key row (cols in keyColumns order, identity_id
+// left unset) owned by the live identity of externalID, creating the
+// identity when there is none, and returns the identity.
+//
+// It is ensureIdentity with the read folded into the key's INSERT ...
+// SELECT, which saves the statement of the read:
+//   - an identity the Store has linked a key to before (s.hints): the INSERT
+//     reads it by its id, one statement in all. If it is gone, the INSERT
+//     inserts nothing and the steps below follow.
+//   - otherwise the identity's INSERT goes first: a new identity costs one
+//     statement and the key's INSERT one more. If the identity exists
+//     (1062), the key's INSERT reads it under a shared lock, which sees the
+//     committed winner, and returns its id with RETURNING (MariaDB 10.5+).
+//     A server without RETURNING (MySQL) answers with a parse error, which
+//     rolls back only that statement; the Store then reads the id first.
+//
+// Under REPEATABLE READ an INSERT ... SELECT share-locks the rows it reads,
+// so a found identity is share-locked here, unlike in ensureIdentity.
+func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, cols []any) (identityRow, error) {
+	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
+	if id, ok := s.hints.get(workspaceID, externalID); ok {
+		inserted, err := insertKeyOwnedByID(ctx, tx, cols, id)
+		if err != nil || inserted {
+			found.ID = id
+			return found, err
+		}
+		// Deleted since. The identity is more likely re-created than not:
+		// find it with a plain read, without the locks that the INSERT
+		// below takes on the index entries deleted identities left behind
+		// (those deadlocked with DeleteIdentity's UPDATE of the same
+		// entries, measured in TestConcurrentDeleteAndRecreateIdentity).
+		s.hints.forget(workspaceID, externalID)
+		err = tx.GetContext(ctx, &id, selectIdentityID, workspaceID, externalID)
+		if err == nil {
+			if inserted, err = insertKeyOwnedByID(ctx, tx, cols, id); err != nil || inserted {
+				found.ID = id
+				return found, err
+			}
+		} else if !errors.Is(err, sql.ErrNoRows) {
+			return found, fmt.Errorf("keystore: find identity: %w", err)
+		}
+	}
+	created, err := insertIdentity(ctx, tx, now, workspaceID, externalID)
+	if err == nil {
+		cols[keyOwnerColumn] = created.ID
+		return created, insertKey(ctx, tx, cols)
+	}
+	if !IsDuplicateKey(err) {
+		return found, err
+	}
+	if !s.noReturning.Load() {
+		err := tx.QueryRowxContext(ctx, insertKeyOwnedBy+`workspace_id = ? AND external_id = ? AND live = 1
+			LOCK IN SHARE MODE RETURNING identity_id`, append(withoutOwner(cols), workspaceID, externalID)...).Scan(&found.ID)
+		switch {
+		case err == nil:
+			return found, nil
+		case errors.Is(err, sql.ErrNoRows):
+			return found, fmt.Errorf("keystore: identity deleted after a duplicate: %w", errConcurrentChange)
+		case !isParseError(err):
+			return found, fmt.Errorf("keystore: insert key: %w", err)
+		}
+		s.noReturning.Store(true)
+	}
+	if found, err = readIdentityAfterDuplicate(ctx, tx, workspaceID, externalID); err != nil {
+		return found, err
+	}
+	cols[keyOwnerColumn] = found.ID
+	return found, insertKey(ctx, tx, cols)
+}
+
+// insertKeyOwnedByID inserts the key row owned by identity id if that
+// identity is live, and reports whether it was.
+func insertKeyOwnedByID(ctx context.Context, tx *sqlx.Tx, cols []any, id string) (bool, error) {
+	res, err := tx.ExecContext(ctx, insertKeyOwnedBy+`id = ? AND live = 1`, append(withoutOwner(cols), id)...)
+	if err != nil {
+		return false, fmt.Errorf("keystore: insert key: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// keyOwnerColumn is the position of identity_id in keyColumns.
+const keyOwnerColumn = 6
+
+// insertKeyOwnedBy inserts a key row whose identity_id is the id of the
+// identity row that the WHERE clause appended to it finds; its arguments
+// are withoutOwner(cols), then the WHERE clause's.
+var insertKeyOwnedBy = func() string {
+	marks := strings.Split(placeholders(strings.Count(keyColumns, ",")+1), ", ")
+	marks[keyOwnerColumn] = "id"
+	return `INSERT INTO keystore_keys (` + keyColumns + `) SELECT ` + strings.Join(marks, ", ") + ` FROM keystore_identities WHERE `
+}()
+
+func withoutOwner(cols []any) []any {
+	return append(slices.Clone(cols[:keyOwnerColumn]), cols[keyOwnerColumn+1:]...)
 }
 
 // selectIdentityID finds the id of a live identity: the first statement of
@@ -186,8 +288,9 @@ func (s *Store) EnsureIdentity(ctx context.Context, workspaceID, externalID stri
 	now := s.clock()
 	// READ COMMITTED: the final read must see an identity that a racing
 	// transaction committed after this one's first read.
-	return tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (Identity, error) {
-		row, err := ensureIdentity(ctx, tx, now, workspaceID, externalID, &s.hints)
+	_, seen := s.hints.get(workspaceID, externalID)
+	identity, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (Identity, error) {
+		row, err := ensureIdentity(ctx, tx, now, workspaceID, externalID, seen)
 		if err != nil {
 			return Identity{}, err
 		}
@@ -196,6 +299,10 @@ func (s *Store) EnsureIdentity(ctx context.Context, workspaceID, externalID stri
 		}
 		return readIdentityByID(ctx, tx, row.ID)
 	}, readCommitted)
+	if err == nil {
+		s.hints.add(workspaceID, externalID, identity.ID)
+	}
+	return identity, err
 }
 
 func validateIdentityRef(workspaceID, externalID string) error {

@@ -22,11 +22,13 @@ import (
 // invalid; ErrNotFound when a role does not exist. In both cases nothing is
 // written. Otherwise the errors of [WithRetryTx].
 //
-// Statements: 5 for an identity this Store has seen (BEGIN, find identity,
-// insert key, audit event, COMMIT) and for a new one (BEGIN, insert
-// identity, ...); 6 for an existing identity it has not seen (the INSERT it
-// tries first finds the identity, which is then read). Permissions add 2
-// (new or not), roles 2, ratelimits none, WithoutAudit saves 1.
+// Statements: 4 for an identity this Store has linked a key to before
+// (BEGIN, insert key reading the identity, audit event, COMMIT); 5 for a new
+// identity (BEGIN, insert identity, insert key, ...) and for an existing
+// one this Store has not seen (the identity's INSERT finds it, the key's
+// INSERT reads it); 6 for the latter on servers without INSERT ...
+// RETURNING (MySQL). Permissions add 2 (new or not), roles 2, ratelimits
+// none, WithoutAudit saves 1.
 func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error) {
 	now := s.clock()
 	if err := req.validate(now); err != nil {
@@ -41,10 +43,18 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 	keyID := newID("key")
 
 	identityID, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (string, error) {
-		var identityID string
+		cols := []any{keyID, req.WorkspaceID, req.KeySpaceID, hash, start, nullString(req.Name),
+			nil, meta, nullableUTC(req.Expires), !req.Disabled}
+		cols = append(cols, creditColumns(req.Credits, now)...)
+		cols = append(cols, jsonList(permissions), jsonList(roles), ratelimitsValue(req.Ratelimits), utc(now), utc(now))
 		events := []audit{{event: EventKeyCreate, keyID: keyID}}
-		if req.ExternalID != "" {
-			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, req.ExternalID, &s.hints)
+		var identityID string
+		if req.ExternalID == "" {
+			if err := insertKey(ctx, tx, cols); err != nil {
+				return "", err
+			}
+		} else {
+			identity, err := s.insertOwnedKey(ctx, tx, now, req.WorkspaceID, req.ExternalID, cols)
 			if err != nil {
 				return "", err
 			}
@@ -55,13 +65,6 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 			}
 		}
 		if err := ensurePermissions(ctx, tx, now, req.WorkspaceID, permissions); err != nil {
-			return "", err
-		}
-		cols := []any{keyID, req.WorkspaceID, req.KeySpaceID, hash, start, nullString(req.Name),
-			nullString(identityID), meta, nullableUTC(req.Expires), !req.Disabled}
-		cols = append(cols, creditColumns(req.Credits, now)...)
-		cols = append(cols, jsonList(permissions), jsonList(roles), ratelimitsValue(req.Ratelimits), utc(now), utc(now))
-		if err := insertKey(ctx, tx, cols); err != nil {
 			return "", err
 		}
 		if err := linkPermissions(ctx, tx, keyID, req.WorkspaceID, permissions); err != nil {
@@ -81,6 +84,9 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 	})
 	if err != nil {
 		return CreatedKey{}, err
+	}
+	if identityID != "" {
+		s.hints.add(req.WorkspaceID, req.ExternalID, identityID)
 	}
 	return CreatedKey{KeyID: keyID, Key: plaintext, IdentityID: identityID}, nil
 }
@@ -160,7 +166,7 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 			// and sees what racing transactions committed (an identity or
 			// permission they just created): the identity is got INSERT
 			// first (no hint), whose duplicate path reads under a lock.
-			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, ext, nil)
+			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, ext, false)
 			if err != nil {
 				return Key{}, err
 			}

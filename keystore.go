@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -24,6 +25,8 @@ type Store struct {
 	retry   []RetryOption
 	noAudit bool
 	hints   identityHints
+	// noReturning is set once the server rejected INSERT ... RETURNING.
+	noReturning atomic.Bool
 }
 
 // Option configures a Store.
