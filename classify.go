@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
+	"strings"
 
 	"github.com/go-sql-driver/mysql"
 )
@@ -17,12 +19,29 @@ const (
 	errDupEntry          = 1062 // ER_DUP_ENTRY: the statement was rolled back
 	errLockDeadlock      = 1213 // ER_LOCK_DEADLOCK: the whole transaction was rolled back
 	errLockWaitTimeout   = 1205 // ER_LOCK_WAIT_TIMEOUT: only the statement was rolled back
-	errCheckRead         = 1020 // ER_CHECKREAD (MariaDB): record changed since last read
 	errServerShutdown    = 1053 // ER_SERVER_SHUTDOWN: connection closed, transaction rolled back
 	errConnectionKilled  = 1927 // ER_CONNECTION_KILLED (MariaDB)
 	errClientIdleTimeout = 4031 // MySQL 8.0.24+: idle connection closed by the server
 	errParse             = 1064 // ER_PARSE_ERROR: only the statement was rolled back
+	errUnknown           = 1105 // ER_UNKNOWN_ERROR: Vitess may carry the real number in the message
+	errUnknownCommand    = 1047 // ER_UNKNOWN_COM_ERROR: a Galera node that is not ready says so with it
 )
+
+// retryableErrors are the server errors after which running the whole
+// transaction again is safe and may succeed: the server rolled back the
+// transaction (for 1205 only the statement; WithRetryTx rolls back the rest)
+// or refused it before doing anything.
+var retryableErrors = map[uint16]string{
+	errLockDeadlock:      "deadlock; Galera certification conflict or brute-force abort; TiDB deadlock (pessimistic mode)",
+	errLockWaitTimeout:   "lock wait timeout",
+	1020:                 "MariaDB: record changed since last read (snapshot isolation)",
+	errClientIdleTimeout: "MySQL: idle connection closed by the server before it read the command",
+	9007:                 "TiDB: write conflict (optimistic transaction)",
+	8005:                 "TiDB: write conflict, start timestamp stale",
+	8002:                 "TiDB: SELECT FOR UPDATE met a write conflict",
+	8022:                 "TiDB: transaction commit failed, safe to retry",
+	8028:                 "TiDB: schema changed during the transaction",
+}
 
 // RetryError is returned by [WithRetryTx] when every attempt failed with a
 // retryable error. It matches [ErrRetriesExhausted] and unwraps to the last
@@ -47,12 +66,38 @@ func (e *AmbiguousCommitError) Error() string {
 }
 func (e *AmbiguousCommitError) Unwrap() []error { return []error{ErrAmbiguousCommit, e.Err} }
 
+// serverErrorNumber returns the server's error number of err. Vitess and
+// PlanetScale pass MySQL's number through, and where a layer reports it as
+// 1105 (unknown error), the message still carries it as "(errno N)".
 func serverErrorNumber(err error) (uint16, bool) {
 	var me *mysql.MySQLError
-	if errors.As(err, &me) {
-		return me.Number, true
+	if !errors.As(err, &me) {
+		return 0, false
 	}
-	return 0, false
+	if me.Number == errUnknown {
+		if n, ok := embeddedErrno(me.Message); ok {
+			return n, true
+		}
+	}
+	return me.Number, true
+}
+
+// embeddedErrno finds "(errno N)" in a Vitess error message.
+func embeddedErrno(msg string) (uint16, bool) {
+	_, after, found := strings.Cut(msg, "(errno ")
+	if !found {
+		return 0, false
+	}
+	digits, _, found := strings.Cut(after, ")")
+	n, err := strconv.ParseUint(digits, 10, 16)
+	return uint16(n), found && err == nil
+}
+
+// isWsrepNotReady reports a Galera node that refuses work because it is not
+// part of the primary component or not synced yet: nothing was done.
+func isWsrepNotReady(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && me.Number == errUnknownCommand && strings.Contains(me.Message, "WSREP")
 }
 
 // IsDuplicateKey reports whether err is, or wraps, a duplicate-key error
@@ -78,22 +123,25 @@ func IsDeadlock(err error) bool {
 }
 
 // IsRetryable reports whether a transaction that failed with err can safely
-// be run again from BEGIN: deadlock (1213), lock-wait timeout (1205), MariaDB
-// 1020, or driver.ErrBadConn (nothing was sent). It is false for an error
-// matching [ErrAmbiguousCommit] and for errors that have already been retried
-// ([ErrRetriesExhausted]). Lost connections are retryable only before COMMIT
-// was sent, which [WithRetryTx] tracks and IsRetryable cannot; it answers
-// false for them.
+// be run again from BEGIN, on the engines users run: deadlock (1213, which
+// is also how Galera reports a certification conflict and TiDB a
+// pessimistic deadlock), lock-wait timeout (1205), MariaDB 1020, MySQL's
+// idle-connection notice (4031), TiDB's write conflicts and retryable
+// commit errors (9007, 8005, 8002, 8022, 8028), a Galera node not ready
+// (1047 "WSREP has not yet prepared node"), Vitess errors carrying any of
+// these as "(errno N)", and driver.ErrBadConn (nothing was sent).
+//
+// It is false for an error matching [ErrAmbiguousCommit] and for errors
+// that have already been retried ([ErrRetriesExhausted]). Other lost
+// connections are retryable only before COMMIT was sent, which
+// [WithRetryTx] tracks and IsRetryable cannot; it answers false for them.
 func IsRetryable(err error) bool {
 	if err == nil || errors.Is(err, ErrAmbiguousCommit) || errors.Is(err, ErrRetriesExhausted) {
 		return false
 	}
 	if n, ok := serverErrorNumber(err); ok {
-		switch n {
-		case errLockDeadlock, errLockWaitTimeout, errCheckRead:
-			return true
-		}
-		return false
+		_, retryable := retryableErrors[n]
+		return retryable || isWsrepNotReady(err)
 	}
 	return errors.Is(err, driver.ErrBadConn)
 }

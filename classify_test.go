@@ -104,3 +104,59 @@ func TestBackoffIsBoundedFullJitter(t *testing.T) {
 		t.Fatalf("zero base: backoff %v, want 0", d)
 	}
 }
+
+// Errors as the engines send them (number, SQLSTATE and message as found in
+// their documentation and source), decoded by the driver into MySQLError.
+func TestEngineErrorClassification(t *testing.T) {
+	state := func(s string) (b [5]byte) { copy(b[:], s); return b }
+	vitess := func(number uint16, desc string) *mysql.MySQLError {
+		return &mysql.MySQLError{Number: number, SQLState: state("HY000"), Message: "target: commerce.0.primary: vttablet: rpc error: code = Aborted desc = " +
+			desc + " (CallerID: app): Sql: \"insert into keystore_identities(id) values (:vtg1)\", BindVars: {vtg1: \"type:VARCHAR\"}"}
+	}
+	cases := []struct {
+		engine        string
+		err           *mysql.MySQLError
+		retry, lockDL bool
+		dup           bool
+	}{
+		{"MariaDB deadlock", &mysql.MySQLError{Number: 1213, SQLState: state("40001"), Message: "Deadlock found when trying to get lock; try restarting transaction"}, true, true, false},
+		{"MariaDB lock wait timeout", &mysql.MySQLError{Number: 1205, SQLState: state("HY000"), Message: "Lock wait timeout exceeded; try restarting transaction"}, true, false, false},
+		{"MariaDB snapshot isolation", &mysql.MySQLError{Number: 1020, SQLState: state("HY000"), Message: "Record has changed since last read in table 'keystore_keys'"}, true, false, false},
+		{"MySQL idle disconnect", &mysql.MySQLError{Number: 4031, SQLState: state("HY000"), Message: "The client was disconnected by the server because of inactivity. See wait_timeout and interactive_timeout for configuring this behavior."}, true, false, false},
+		{"Galera conflict", &mysql.MySQLError{Number: 1213, SQLState: state("40001"), Message: "WSREP detected deadlock/conflict and aborted the transaction. Try restarting the transaction"}, true, true, false},
+		{"Galera node not ready", &mysql.MySQLError{Number: 1047, SQLState: state("08S01"), Message: "WSREP has not yet prepared node for application use"}, true, false, false},
+		{"unknown command, not Galera", &mysql.MySQLError{Number: 1047, SQLState: state("08S01"), Message: "Unknown command"}, false, false, false},
+		{"TiDB write conflict", &mysql.MySQLError{Number: 9007, SQLState: state("HY000"), Message: "Write conflict, txnStartTS=421530468823416833, conflictStartTS=421530468823416834, conflictCommitTS=421530468836524033, key={tableID=55, handle=1} primary={tableID=55, handle=1} [try again later]"}, true, false, false},
+		{"TiDB stale write conflict", &mysql.MySQLError{Number: 8005, SQLState: state("HY000"), Message: "Write Conflict, txnStartTS is stale"}, true, false, false},
+		{"TiDB select for update", &mysql.MySQLError{Number: 8002, SQLState: state("HY000"), Message: "[tikv:8002]can not retry select for update statement"}, true, false, false},
+		{"TiDB retryable commit", &mysql.MySQLError{Number: 8022, SQLState: state("HY000"), Message: "Error: KV error safe to retry  [try again later]"}, true, false, false},
+		{"TiDB schema changed", &mysql.MySQLError{Number: 8028, SQLState: state("HY000"), Message: "Information schema is changed during the execution of the statement(for example, table definition may be updated by other DDL ran in parallel). If you see this error often, try increasing `tidb_max_delta_schema_count`. [try again later]"}, true, false, false},
+		{"TiDB pessimistic deadlock", &mysql.MySQLError{Number: 1213, SQLState: state("40001"), Message: "Deadlock found when trying to get lock; try restarting transaction"}, true, true, false},
+		{"TiDB transaction too large", &mysql.MySQLError{Number: 8004, SQLState: state("HY000"), Message: "Transaction is too large, size: 104857600"}, false, false, false},
+		{"Vitess deadlock as 1105", vitess(1105, "Deadlock found when trying to get lock; try restarting transaction (errno 1213) (sqlstate 40001)"), true, true, false},
+		{"Vitess deadlock passed through", vitess(1213, "Deadlock found when trying to get lock; try restarting transaction (errno 1213) (sqlstate 40001)"), true, true, false},
+		{"Vitess duplicate as 1105", vitess(1105, "Duplicate entry 'ws-u1-1' for key 'keystore_identities.keystore_identities_live' (errno 1062) (sqlstate 23000)"), false, false, true},
+		{"Vitess lock wait timeout as 1105", vitess(1105, "Lock wait timeout exceeded; try restarting transaction (errno 1205) (sqlstate HY000)"), true, false, false},
+		{"Vitess unknown error without errno", vitess(1105, "vttablet: connection refused"), false, false, false},
+		{"Vitess malformed errno", vitess(1105, "something (errno 12x3) (sqlstate 40001)"), false, false, false},
+	}
+	for _, c := range cases {
+		err := fmt.Errorf("keystore: insert key: %w", c.err)
+		if got := IsRetryable(err); got != c.retry {
+			t.Errorf("%s: IsRetryable = %v, want %v", c.engine, got, c.retry)
+		}
+		if got := retryableAttempt(err); got != c.retry {
+			t.Errorf("%s: retried by WithRetryTx = %v, want %v", c.engine, got, c.retry)
+		}
+		if got := IsDeadlock(err); got != c.lockDL {
+			t.Errorf("%s: IsDeadlock = %v, want %v", c.engine, got, c.lockDL)
+		}
+		if got := IsDuplicateKey(err); got != c.dup {
+			t.Errorf("%s: IsDuplicateKey = %v, want %v", c.engine, got, c.dup)
+		}
+		// Answered to COMMIT, each is the server's verdict: not applied.
+		if errors.Is(commitError(context.Background(), c.err), ErrAmbiguousCommit) {
+			t.Errorf("%s at COMMIT: classified as ambiguous", c.engine)
+		}
+	}
+}
