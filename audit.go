@@ -86,7 +86,8 @@ func (s *Store) writeAudit(ctx context.Context, tx *sqlx.Tx, now time.Time, work
 }
 
 // ListAuditEvents returns a page of the audit events of a workspace, oldest
-// first. Errors: ErrInvalidInput for a bad request.
+// first, read from the replica if the Store has one. Errors:
+// ErrInvalidInput for a bad request.
 func (s *Store) ListAuditEvents(ctx context.Context, req ListAuditEventsRequest) (Page[AuditEvent], error) {
 	limit, err := pageLimit(req.Limit)
 	if err == nil {
@@ -122,7 +123,11 @@ func (s *Store) ListAuditEvents(ctx context.Context, req ListAuditEventsRequest)
 		RoleID      sql.NullString `db:"role_id"`
 		CreatedAt   dbTime         `db:"created_at"`
 	}
-	if err := s.db.SelectContext(ctx, &rows, query+" ORDER BY id LIMIT ?", append(args, limit+1)...); err != nil {
+	err = s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) error {
+		rows = nil
+		return sqlx.SelectContext(ctx, q, &rows, query+" ORDER BY id LIMIT ?", append(args, limit+1)...)
+	})
+	if err != nil {
 		return Page[AuditEvent]{}, fmt.Errorf("keystore: list audit events: %w", err)
 	}
 	events := make([]AuditEvent, len(rows))

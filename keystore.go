@@ -25,6 +25,7 @@ type Store struct {
 	retry   []RetryOption
 	noAudit bool
 	hints   identityHints
+	replica *replica // nil: none
 	// noReturning is set once the server rejected INSERT ... RETURNING.
 	noReturning atomic.Bool
 }
@@ -76,6 +77,9 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 	}
 	if s.now == nil || s.log == nil {
 		return nil, errors.New("keystore: New: WithClock and WithLogger need a non-nil argument")
+	}
+	if r := s.replica; r != nil && (r.db == nil || r.timeout <= 0) {
+		return nil, errors.New("keystore: New: WithReplica needs a non-nil db and WithReplicaTimeout a positive duration")
 	}
 	logRetry := OnRetry(func(attempt int, err error) {
 		s.log.Debug("keystore: retrying transaction", "attempt", attempt, "err", err)

@@ -3,12 +3,15 @@ package keystore
 import (
 	"context"
 	"fmt"
+
+	"github.com/jmoiron/sqlx"
 )
 
 // ListKeys returns a page of the live (not deleted) keys of a key space, or,
 // when req.ExternalID is set, of the live identity of ExternalID (only those
 // in req.KeySpaceID if it is set too), in creation order. Each page is one
-// statement on the primary, walking an index from the cursor. No key is
+// statement, on the replica if the Store has one, walking an index from the
+// cursor. No key is
 // listed twice; a key committed while a listing is paged may be missed
 // (ids are made before commit, so commits are not in id order).
 // An ExternalID without a live identity lists no keys.
@@ -33,7 +36,11 @@ func (s *Store) ListKeys(ctx context.Context, req ListKeysRequest) (Page[Key], e
 		args = append(args, req.KeySpaceID)
 	}
 	var rows []keyRow
-	if err := s.db.SelectContext(ctx, &rows, selectKeyFrom+where+` ORDER BY k.id LIMIT ?`, append(args, limit+1)...); err != nil {
+	err = s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) error {
+		rows = nil
+		return sqlx.SelectContext(ctx, q, &rows, selectKeyFrom+where+` ORDER BY k.id LIMIT ?`, append(args, limit+1)...)
+	})
+	if err != nil {
 		return Page[Key]{}, fmt.Errorf("keystore: list keys: %w", err)
 	}
 	keys := make([]Key, len(rows))
@@ -63,7 +70,8 @@ func (r *ListKeysRequest) validate() (limit int, err error) {
 }
 
 // ListIdentities returns a page of the live identities of a workspace, with
-// their Meta and Ratelimits, in creation order, one statement per page.
+// their Meta and Ratelimits, in creation order, one statement per page (on
+// the replica if the Store has one).
 //
 // Errors: ErrInvalidInput for an invalid request (WorkspaceID is required;
 // Limit 0..MaxPageSize; Cursor "" or a NextCursor).
@@ -80,8 +88,12 @@ func (s *Store) ListIdentities(ctx context.Context, req ListIdentitiesRequest) (
 		return Page[Identity]{}, err
 	}
 	var rows []identityRow
-	if err := s.db.SelectContext(ctx, &rows, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.live = 1 AND i.id > ?
-		ORDER BY i.id LIMIT ?`, req.WorkspaceID, req.Cursor, limit+1); err != nil {
+	err = s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) error {
+		rows = nil
+		return sqlx.SelectContext(ctx, q, &rows, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.live = 1 AND i.id > ?
+			ORDER BY i.id LIMIT ?`, req.WorkspaceID, req.Cursor, limit+1)
+	})
+	if err != nil {
 		return Page[Identity]{}, fmt.Errorf("keystore: list identities: %w", err)
 	}
 	identities := make([]Identity, len(rows))

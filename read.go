@@ -10,8 +10,8 @@ import (
 	"github.com/jmoiron/sqlx"
 )
 
-// GetKey returns the key keyID of workspaceID, read from the primary in one
-// statement. It returns an error matching ErrNotFound when the key does not
+// GetKey returns the key keyID of workspaceID, read in one statement from
+// the replica if the Store has one (see [WithReplica]), else the primary. It returns an error matching ErrNotFound when the key does not
 // exist, was deleted, or belongs to another workspace, and ErrInvalidInput
 // when workspaceID or keyID is malformed (keyID is not an id keystore made).
 func (s *Store) GetKey(ctx context.Context, workspaceID, keyID string) (Key, error) {
@@ -21,11 +21,17 @@ func (s *Store) GetKey(ctx context.Context, workspaceID, keyID string) (Key, err
 	if err := validateRefID("KeyID", keyID); err != nil {
 		return Key{}, err
 	}
-	return getKey(ctx, s.db, workspaceID, keyID)
+	var k Key
+	err := s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) (err error) {
+		k, err = getKey(ctx, q, workspaceID, keyID)
+		return err
+	})
+	return k, err
 }
 
 // FindIdentity returns the live identity of externalID in workspaceID, with
-// its Meta and Ratelimits, read from the primary in one statement.
+// its Meta and Ratelimits, read in one statement from the replica if the
+// Store has one, else the primary.
 //
 // Errors: ErrInvalidInput for an invalid workspaceID or externalID;
 // ErrNotFound when there is no live identity of externalID.
@@ -34,8 +40,11 @@ func (s *Store) FindIdentity(ctx context.Context, workspaceID, externalID string
 		return Identity{}, err
 	}
 	var row identityRow
-	err := s.db.GetContext(ctx, &row, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.external_id = ? AND i.live = 1`,
-		workspaceID, externalID)
+	err := s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) error {
+		row = identityRow{}
+		return sqlx.GetContext(ctx, q, &row, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.external_id = ? AND i.live = 1`,
+			workspaceID, externalID)
+	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return Identity{}, fmt.Errorf("keystore: identity %q: %w", externalID, ErrNotFound)
 	}

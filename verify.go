@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jmoiron/sqlx"
 )
 
 // VerifyKeyRequest asks whether a plaintext key is valid in a key space, and
@@ -59,7 +61,10 @@ const maxKeyBytes = 512
 // VerifyKey looks the key up by its SHA-256 hash (a unique index) and, if it
 // is enabled, unexpired and of req.KeySpaceID, spends req.Cost credits with
 // one conditional UPDATE. It costs one statement for a key without credits
-// and two with credits; it never holds a transaction open.
+// and two with credits; it never holds a transaction open. With a replica
+// (see [WithReplica]) the lookup reads the replica, falling back to the
+// primary when the key is not there yet; credits are always spent on the
+// primary.
 //
 // Credits never go below zero and are never spent twice: the UPDATE checks
 // and decrements in one statement, so of any number of concurrent
@@ -79,7 +84,10 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 	}
 	now := s.clock()
 	var row verifyRow
-	err := row.scan(s.db.QueryRowContext(ctx, selectVerify, hashKey(req.Key)))
+	hash := hashKey(req.Key)
+	err := s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) error {
+		return row.scan(q.QueryRowxContext(ctx, selectVerify, hash))
+	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return Verification{Code: CodeNotFound}, nil
 	}
@@ -206,7 +214,7 @@ const (
 // scan reads a row of selectVerifyFrom, naming the fields in column order
 // rather than going through sqlx's reflection, which took a tenth of
 // VerifyKey's client time.
-func (r *verifyRow) scan(row *sql.Row) error {
+func (r *verifyRow) scan(row interface{ Scan(...any) error }) error {
 	k := &r.keyRow
 	return row.Scan(&k.ID, &k.WorkspaceID, &k.KeySpaceID, &k.IdentityID, &k.ExternalID, &k.Meta, &k.Expires,
 		&k.Enabled, &k.Remaining, &k.RefillInterval, &k.RefillAmount, &k.RefillDay, &r.RefilledAt, &r.DeletedAt,
