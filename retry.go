@@ -87,10 +87,7 @@ func TxOptions(opts *sql.TxOptions) RetryOption {
 // COMMIT takes no context (database/sql), so a COMMIT whose reply never
 // comes is bounded only by the DSN's readTimeout and writeTimeout; set them.
 func WithRetryTx[T any](ctx context.Context, db TxBeginner, fn func(ctx context.Context, tx *sqlx.Tx) (T, error), opts ...RetryOption) (T, error) {
-	cfg := retryConfig{maxAttempts: DefaultMaxAttempts, base: DefaultBackoffBase, max: DefaultBackoffMax}
-	for _, o := range opts {
-		o(&cfg)
-	}
+	cfg := newRetryConfig(opts)
 	var zero T
 	for attempt := 1; ; attempt++ {
 		v, err := runTx(ctx, db, cfg.txOptions, fn)
@@ -106,11 +103,8 @@ func WithRetryTx[T any](ctx context.Context, db TxBeginner, fn func(ctx context.
 		if attempt >= cfg.maxAttempts {
 			return zero, &RetryError{Attempts: attempt, Err: err}
 		}
-		for _, f := range cfg.onRetry {
-			f(attempt, err)
-		}
-		if sleepErr := sleep(ctx, cfg.backoff(attempt)); sleepErr != nil {
-			return zero, fmt.Errorf("keystore: %w (during backoff after: %v)", sleepErr, err)
+		if err := cfg.retried(ctx, attempt, err); err != nil {
+			return zero, err
 		}
 	}
 }
@@ -136,6 +130,26 @@ func runTx[T any](ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn fu
 		return v, commitError(ctx, err)
 	}
 	return v, nil
+}
+
+func newRetryConfig(opts []RetryOption) retryConfig {
+	cfg := retryConfig{maxAttempts: DefaultMaxAttempts, base: DefaultBackoffBase, max: DefaultBackoffMax}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return cfg
+}
+
+// retried reports a retry of attempt, which failed with err, to the OnRetry
+// callbacks, then sleeps the backoff.
+func (c *retryConfig) retried(ctx context.Context, attempt int, err error) error {
+	for _, f := range c.onRetry {
+		f(attempt, err)
+	}
+	if sleepErr := sleep(ctx, c.backoff(attempt)); sleepErr != nil {
+		return fmt.Errorf("keystore: %w (during backoff after: %v)", sleepErr, err)
+	}
+	return nil
 }
 
 func (c *retryConfig) backoff(attempt int) time.Duration {

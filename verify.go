@@ -124,9 +124,13 @@ func (r *VerifyKeyRequest) validate() error {
 // UPDATE that also applies a due refill. LAST_INSERT_ID(expr) hands the new
 // balance back in the UPDATE's own reply, so no read follows a successful
 // spend. When the UPDATE matches nothing, the key changed since it was read
-// or has too few credits; a fresh read says which, and if another
-// transaction added credits meanwhile, the spend is tried again.
+// or has too few credits; a fresh read from the primary says which, and if
+// another transaction added credits meanwhile, the spend is tried again.
+// An UPDATE that failed with a retryable error (a lock-wait timeout, a
+// Galera conflict with a spend on another node) is tried again after the
+// Store's backoff. Either way the Store's MaxAttempts bounds the UPDATEs.
 func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.Time) (Verification, error) {
+	cfg := newRetryConfig(s.retry)
 	var lastErr error
 	for attempt := 1; ; attempt++ {
 		v := row.verification(now)
@@ -137,8 +141,8 @@ func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.T
 			v.Valid, v.Code = false, CodeUsageExceeded
 			return v, nil
 		}
-		if attempt > maxSpendAttempts {
-			return Verification{}, &RetryError{Attempts: maxSpendAttempts, Err: lastErr}
+		if attempt > cfg.maxAttempts {
+			return Verification{}, &RetryError{Attempts: cfg.maxAttempts, Err: lastErr}
 		}
 		left, spent, err := s.trySpend(ctx, row.ID, row.state().periodStart(now), cost, now)
 		if err != nil && !IsRetryable(err) {
@@ -146,6 +150,8 @@ func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.T
 		}
 		if lastErr = err; lastErr == nil {
 			lastErr = errConcurrentChange
+		} else if err := cfg.retried(ctx, attempt, err); err != nil {
+			return Verification{}, err
 		}
 		if spent {
 			v.Remaining = &left
@@ -160,12 +166,6 @@ func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.T
 		}
 	}
 }
-
-// maxSpendAttempts bounds the UPDATEs of one verification whose key keeps
-// changing under it (its credits being set again and again), or that keep
-// failing with a retryable error (a lock-wait timeout, a Galera conflict).
-// Past it, VerifyKey returns an error matching ErrRetriesExhausted.
-const maxSpendAttempts = 10
 
 // trySpend is the conditional UPDATE. MySQL evaluates SET assignments left
 // to right, so refilled_at's IF still sees the old refilled_at.
