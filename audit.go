@@ -123,9 +123,9 @@ func (s *Store) ListAuditEvents(ctx context.Context, req ListAuditEventsRequest)
 		RoleID      sql.NullString `db:"role_id"`
 		CreatedAt   dbTime         `db:"created_at"`
 	}
-	err = s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) error {
+	err = s.read(ctx, func(ctx context.Context, db *sqlx.DB) error {
 		rows = nil
-		return sqlx.SelectContext(ctx, q, &rows, query+" ORDER BY id LIMIT ?", append(args, limit+1)...)
+		return db.SelectContext(ctx, &rows, query+" ORDER BY id LIMIT ?", append(args, limit+1)...)
 	})
 	if err != nil {
 		return Page[AuditEvent]{}, fmt.Errorf("keystore: list audit events: %w", err)

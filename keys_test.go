@@ -401,6 +401,11 @@ func TestWithoutParseTime(t *testing.T) {
 	if k.Expires == nil || !k.Expires.Equal(expires) || time.Since(k.CreatedAt).Abs() > time.Minute {
 		t.Fatalf("times read back wrong without parseTime: expires %v, created %v", k.Expires, k.CreatedAt)
 	}
+	// VerifyKey's lookup is a prepared statement: binary protocol, other decoding.
+	v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: created.Key})
+	if err != nil || !v.Valid || v.Expires == nil || !v.Expires.Equal(expires) || v.ExternalID != "e" {
+		t.Fatalf("VerifyKey without parseTime: %+v, %v", v, err)
+	}
 }
 
 func TestWithoutAuditWritesNoEvents(t *testing.T) {

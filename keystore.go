@@ -19,13 +19,14 @@ import (
 // conditional UPDATE), so concurrent callers all succeed and nothing is
 // half-written.
 type Store struct {
-	db      *sqlx.DB
-	now     func() time.Time
-	log     *slog.Logger
-	retry   []RetryOption
-	noAudit bool
-	hints   identityHints
-	replica *replica // nil: none
+	db       *sqlx.DB
+	now      func() time.Time
+	log      *slog.Logger
+	retry    []RetryOption
+	noAudit  bool
+	hints    identityHints
+	replica  *replica // nil: none
+	prepared preparedStatements
 	// noReturning is set once the server rejected INSERT ... RETURNING.
 	noReturning atomic.Bool
 }

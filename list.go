@@ -36,9 +36,9 @@ func (s *Store) ListKeys(ctx context.Context, req ListKeysRequest) (Page[Key], e
 		args = append(args, req.KeySpaceID)
 	}
 	var rows []keyRow
-	err = s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) error {
+	err = s.read(ctx, func(ctx context.Context, db *sqlx.DB) error {
 		rows = nil
-		return sqlx.SelectContext(ctx, q, &rows, selectKeyFrom+where+` ORDER BY k.id LIMIT ?`, append(args, limit+1)...)
+		return db.SelectContext(ctx, &rows, selectKeyFrom+where+` ORDER BY k.id LIMIT ?`, append(args, limit+1)...)
 	})
 	if err != nil {
 		return Page[Key]{}, fmt.Errorf("keystore: list keys: %w", err)
@@ -88,9 +88,9 @@ func (s *Store) ListIdentities(ctx context.Context, req ListIdentitiesRequest) (
 		return Page[Identity]{}, err
 	}
 	var rows []identityRow
-	err = s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) error {
+	err = s.read(ctx, func(ctx context.Context, db *sqlx.DB) error {
 		rows = nil
-		return sqlx.SelectContext(ctx, q, &rows, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.live = 1 AND i.id > ?
+		return db.SelectContext(ctx, &rows, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.live = 1 AND i.id > ?
 			ORDER BY i.id LIMIT ?`, req.WorkspaceID, req.Cursor, limit+1)
 	})
 	if err != nil {

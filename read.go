@@ -22,8 +22,8 @@ func (s *Store) GetKey(ctx context.Context, workspaceID, keyID string) (Key, err
 		return Key{}, err
 	}
 	var k Key
-	err := s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) (err error) {
-		k, err = getKey(ctx, q, workspaceID, keyID)
+	err := s.read(ctx, func(ctx context.Context, db *sqlx.DB) (err error) {
+		k, err = getKey(ctx, db, workspaceID, keyID)
 		return err
 	})
 	return k, err
@@ -40,9 +40,9 @@ func (s *Store) FindIdentity(ctx context.Context, workspaceID, externalID string
 		return Identity{}, err
 	}
 	var row identityRow
-	err := s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) error {
+	err := s.read(ctx, func(ctx context.Context, db *sqlx.DB) error {
 		row = identityRow{}
-		return sqlx.GetContext(ctx, q, &row, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.external_id = ? AND i.live = 1`,
+		return db.GetContext(ctx, &row, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.external_id = ? AND i.live = 1`,
 			workspaceID, externalID)
 	})
 	if errors.Is(err, sql.ErrNoRows) {

@@ -93,7 +93,7 @@ func ContextWithPrimaryRead(ctx context.Context) context.Context {
 // there is no replica, or f failed on it, timed out, or found nothing
 // (sql.ErrNoRows or ErrNotFound: the row may be too new for the replica).
 // f must start afresh when called a second time.
-func (s *Store) read(ctx context.Context, f func(ctx context.Context, q sqlx.QueryerContext) error) error {
+func (s *Store) read(ctx context.Context, f func(ctx context.Context, db *sqlx.DB) error) error {
 	r := s.replica
 	if r == nil || r.db == nil || ctx.Value(primaryReadKey{}) != nil || time.Now().UnixNano() < r.skipUntil.Load() {
 		return f(ctx, s.db)

@@ -85,8 +85,12 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 	now := s.clock()
 	var row verifyRow
 	hash := hashKey(req.Key)
-	err := s.read(ctx, func(ctx context.Context, q sqlx.QueryerContext) error {
-		return row.scan(q.QueryRowxContext(ctx, selectVerify, hash))
+	err := s.read(ctx, func(ctx context.Context, db *sqlx.DB) error {
+		stmt, err := s.prepared.get(ctx, db, selectVerify)
+		if err != nil {
+			return err
+		}
+		return row.scan(stmt.QueryRowContext(ctx, hash))
 	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return Verification{Code: CodeNotFound}, nil
