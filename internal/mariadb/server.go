@@ -18,6 +18,10 @@
 // On Linux the server is killed by the kernel when the process that started it
 // dies, even by SIGKILL or a test timeout. Its temporary directory is then
 // left behind and is removed by the next Start on this machine.
+//
+// [StartReplicated] starts a primary and an asynchronous replica of it, and
+// [StartGalera] a Galera cluster; their servers are made and tuned the same
+// way. [Server.Freeze] makes any server hang.
 package mariadb
 
 import (
@@ -47,9 +51,10 @@ import (
 // production server runs. Benchmarks that claim durability set it.
 const EnvDurable = "KEYSTORE_MARIADB_DURABLE"
 
-// ErrNotInstalled is returned by [Start] when the MariaDB server programs
-// (mariadbd or mysqld, and mariadb-install-db or mysql_install_db) are
-// neither on PATH nor in the usual directories.
+// ErrNotInstalled is returned by [Start], [StartReplicated] and [StartGalera]
+// when the MariaDB server programs (mariadbd or mysqld, and
+// mariadb-install-db or mysql_install_db) are neither on PATH nor in the
+// usual directories.
 var ErrNotInstalled = errors.New("mariadb: mariadbd or mariadb-install-db not found on PATH or in " +
 	strings.Join(searchDirs, ", ") +
 	": install the Debian package `mariadb-server` (`apt-get install -y mariadb-server`) or set KEYSTORE_TEST_DSN")
@@ -74,6 +79,7 @@ var errExitedEarly = errors.New("mariadb: server exited before it was ready")
 // concurrent use.
 type Server struct {
 	bin     string // mariadbd
+	cfg     config
 	dir     string // temporary directory holding everything below
 	dataDir string
 	socket  string
@@ -85,7 +91,33 @@ type Server struct {
 	version string
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed once cmd has exited
+	started bool          // a start has succeeded: Restart leaves out cfg.firstArgs
+	frozen  bool          // Freeze has stopped the process
 	removed bool          // Stop has run
+}
+
+// config says how a Server runs mariadbd; the zero value is what [Start]
+// does. Replicas and Galera nodes (replica.go, galera.go) fill it in.
+type config struct {
+	binlog    bool     // keep the binary log on (Start turns it off)
+	args      []string // more mariadbd options; they come after, and so override, the defaults
+	firstArgs []string // options for the first start only, not for Restart (e.g. --wsrep-new-cluster)
+	// prepare runs before each start attempt, with the attempt's number
+	// (0 first, again 0 for each Restart) and MySQL port. It may write an
+	// option file and return its path, which mariadbd then reads through
+	// --defaults-file instead of reading none.
+	prepare func(s *Server, attempt, port int) (defaultsFile string, err error)
+	runAs   *account // run mariadbd as this user, owning the directory; nil: as ourselves
+	// ready, if set, must also answer true (on a connection as root) before
+	// a start counts as done; a Galera node waits for Synced with it.
+	ready        func(ctx context.Context, db *sql.DB) bool
+	readyTimeout time.Duration // 0: readyTimeout
+}
+
+// account is a user other than ourselves to run mariadbd as.
+type account struct {
+	name     string
+	uid, gid int
 }
 
 // Start initialises a data directory and starts a server on it. It returns
@@ -96,33 +128,43 @@ type Server struct {
 // Start returns an error matching [ErrNotInstalled] if MariaDB is missing.
 // Initialising takes about a second and starting about half a second.
 func Start(ctx context.Context) (*Server, error) {
-	bin := findProgram("mariadbd", "mysqld")
-	installDB := findProgram("mariadb-install-db", "mysql_install_db")
-	if bin == "" || installDB == "" {
-		return nil, ErrNotInstalled
-	}
-	removeStaleDirs()
-	dir, err := makeDir()
+	s, err := newServer(config{})
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{
+	if err := s.initDataDir(ctx); err != nil {
+		os.RemoveAll(s.dir)
+		return nil, err
+	}
+	if err := s.start(ctx); err != nil {
+		os.RemoveAll(s.dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+// newServer makes the directory of a server that has neither a data
+// directory nor a process yet. With cfg.runAs the directory belongs to that
+// user and lies where the user can reach it.
+func newServer(cfg config) (*Server, error) {
+	bin := findProgram("mariadbd", "mysqld")
+	if bin == "" || findProgram("mariadb-install-db", "mysql_install_db") == "" {
+		return nil, ErrNotInstalled
+	}
+	removeStaleDirs()
+	dir, err := makeDir(cfg.runAs)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{
 		bin:     bin,
+		cfg:     cfg,
 		dir:     dir,
 		dataDir: filepath.Join(dir, "data"),
 		socket:  filepath.Join(dir, "mysqld.sock"),
 		errLog:  filepath.Join(dir, "error.log"),
 		pidFile: filepath.Join(dir, "mariadbd.pid"),
-	}
-	if err := s.initDataDir(ctx, installDB); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	if err := s.start(ctx); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	return s, nil
+	}, nil
 }
 
 // DSN returns a go-sql-driver/mysql DSN for root over TCP, with parseTime
@@ -136,6 +178,13 @@ func (s *Server) Addr() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+}
+
+// tcpPort returns the server's port.
+func (s *Server) tcpPort() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.port
 }
 
 // Version returns the server's SELECT VERSION(), e.g. "10.11.6-MariaDB-0+deb12u1".
@@ -197,10 +246,15 @@ func (s *Server) Restart(ctx context.Context) error {
 }
 
 // halt signals the server and waits for it to exit, escalating to SIGKILL
-// after stopTimeout. s.mu must be held.
+// after stopTimeout. A frozen server is thawed first, so that it can act on
+// SIGTERM. s.mu must be held.
 func (s *Server) halt(sig syscall.Signal) {
 	if s.cmd == nil || isClosed(s.exited) {
 		return
+	}
+	if s.frozen {
+		_ = thaw(s.cmd.Process)
+		s.frozen = false
 	}
 	_ = s.cmd.Process.Signal(sig)
 	select {
@@ -227,7 +281,10 @@ func (s *Server) startLocked(ctx context.Context) error {
 		if attempt > 0 || port == 0 {
 			port = pickPort()
 		}
-		if err = s.run(ctx, port); !errors.Is(err, errExitedEarly) || ctx.Err() != nil {
+		if err = s.run(ctx, attempt, port); !errors.Is(err, errExitedEarly) || ctx.Err() != nil {
+			if err == nil {
+				s.started = true
+			}
 			return err
 		}
 	}
@@ -235,10 +292,21 @@ func (s *Server) startLocked(ctx context.Context) error {
 }
 
 // run starts mariadbd on port and waits until it is ready.
-func (s *Server) run(ctx context.Context, port int) error {
+func (s *Server) run(ctx context.Context, attempt, port int) error {
 	os.Remove(s.errLog) // so that the log shown on failure is this attempt's
+
+	defaults := "--no-defaults" // never read /etc/mysql
+	if s.cfg.prepare != nil {
+		file, err := s.cfg.prepare(s, attempt, port)
+		if err != nil {
+			return err
+		}
+		if file != "" {
+			defaults = "--defaults-file=" + file
+		}
+	}
 	args := []string{
-		"--no-defaults", // never read /etc/mysql; must come first
+		defaults, // must come first
 		"--datadir=" + s.dataDir,
 		"--socket=" + s.socket,
 		"--port=" + strconv.Itoa(port),
@@ -246,20 +314,26 @@ func (s *Server) run(ctx context.Context, port int) error {
 		"--pid-file=" + s.pidFile,
 		"--log-error=" + s.errLog,
 		"--innodb-buffer-pool-size=128M",
-		"--skip-log-bin",
 		"--max-connections=500",
 		"--skip-name-resolve",
+	}
+	if !s.cfg.binlog {
+		args = append(args, "--skip-log-bin")
 	}
 	if os.Getenv(EnvDurable) != "" {
 		args = append(args, "--innodb-log-file-size=64M", "--innodb-flush-log-at-trx-commit=1", "--innodb-doublewrite=1")
 	} else {
 		args = append(args, "--innodb-log-file-size=8M", "--innodb-flush-log-at-trx-commit=2", "--innodb-doublewrite=0")
 	}
-	if os.Geteuid() == 0 {
+	if os.Geteuid() == 0 && s.cfg.runAs == nil {
 		args = append(args, "--user=root") // mariadbd refuses to run as root otherwise
 	}
+	args = append(args, s.cfg.args...)
+	if !s.started {
+		args = append(args, s.cfg.firstArgs...)
+	}
 	cmd := exec.Command(s.bin, args...)
-	cmd.SysProcAttr = sysProcAttr()
+	cmd.SysProcAttr = sysProcAttr(s.cfg.runAs)
 	if err := startFromLockedThread(cmd); err != nil {
 		return fmt.Errorf("mariadb: starting %s: %w", s.bin, err)
 	}
@@ -268,13 +342,17 @@ func (s *Server) run(ctx context.Context, port int) error {
 		_ = cmd.Wait()
 		close(exited)
 	}()
-	s.cmd, s.exited, s.port = cmd, exited, port
+	s.cmd, s.exited, s.port, s.frozen = cmd, exited, port, false
 
 	kill := func() {
 		_ = cmd.Process.Kill()
 		<-exited
 	}
-	deadline := time.NewTimer(readyTimeout)
+	timeout := s.cfg.readyTimeout
+	if timeout == 0 {
+		timeout = readyTimeout
+	}
+	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
@@ -287,7 +365,7 @@ func (s *Server) run(ctx context.Context, port int) error {
 			return fmt.Errorf("mariadb: start: %w", ctx.Err())
 		case <-deadline.C:
 			kill()
-			return fmt.Errorf("mariadb: not ready within %v on port %d%s", readyTimeout, port, s.logTail())
+			return fmt.Errorf("mariadb: not ready within %v on port %d%s", timeout, port, s.logTail())
 		case <-tick.C:
 		}
 		if version, ok := s.probe(ctx, port); ok {
@@ -295,6 +373,35 @@ func (s *Server) run(ctx context.Context, port int) error {
 			return nil
 		}
 	}
+}
+
+// rootDB opens connections as root to the server's current address, for
+// this package's own statements. The caller closes it. Reads time out after
+// 30 seconds, so that a frozen server fails a call whose ctx has no deadline.
+func (s *Server) rootDB() *sql.DB {
+	cfg := mysql.NewConfig()
+	cfg.User = "root"
+	cfg.Net = "tcp"
+	cfg.Addr = s.Addr()
+	cfg.Timeout = 5 * time.Second
+	cfg.ReadTimeout = 30 * time.Second
+	conn, err := mysql.NewConnector(cfg)
+	if err != nil {
+		panic(err) // only a malformed cfg fails, and this one is fixed
+	}
+	return sql.OpenDB(conn)
+}
+
+// exec runs statements as root, one after another.
+func (s *Server) exec(ctx context.Context, stmts ...string) error {
+	db := s.rootDB()
+	defer db.Close()
+	for _, q := range stmts {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("mariadb: %s on %s: %w", q, s.Addr(), err)
+		}
+	}
+	return nil
 }
 
 // probe reports whether this server answers on port, and its version. It
@@ -320,7 +427,13 @@ func (s *Server) probe(ctx context.Context, port int) (version string, ok bool) 
 	if err := db.QueryRowContext(ctx, "SELECT VERSION(), @@datadir").Scan(&version, &dataDir); err != nil {
 		return "", false
 	}
-	return version, filepath.Clean(dataDir) == filepath.Clean(s.dataDir)
+	if filepath.Clean(dataDir) != filepath.Clean(s.dataDir) {
+		return "", false
+	}
+	if s.cfg.ready != nil && !s.cfg.ready(ctx, db) {
+		return "", false
+	}
+	return version, true
 }
 
 // initDataDir runs mariadb-install-db. Root gets an ordinary (empty)
@@ -328,14 +441,22 @@ func (s *Server) probe(ctx context.Context, port int) (version string, ok bool) 
 // over TCP. The redo log is made small (8 MB instead of 96 MB) so that the
 // directory takes about 25 MB; if this install-db does not accept that,
 // it runs again without.
-func (s *Server) initDataDir(ctx context.Context, installDB string) error {
+func (s *Server) initDataDir(ctx context.Context) error {
+	installDB := findProgram("mariadb-install-db", "mysql_install_db")
+	if installDB == "" {
+		return ErrNotInstalled
+	}
 	args := []string{
 		"--no-defaults",
 		"--datadir=" + s.dataDir,
 		"--auth-root-authentication-method=normal",
 		"--skip-test-db",
 	}
-	if name := userName(); name != "" {
+	name := userName()
+	if s.cfg.runAs != nil {
+		name = s.cfg.runAs.name
+	}
+	if name != "" {
 		args = append(args, "--user="+name)
 	}
 	out, err := exec.CommandContext(ctx, installDB, append(args, "--innodb-log-file-size=8M")...).CombinedOutput()
@@ -345,6 +466,32 @@ func (s *Server) initDataDir(ctx context.Context, installDB string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("mariadb: %s: %w\n%s", installDB, err, tail(out, 20))
+	}
+	return s.chown()
+}
+
+// copyDataDir gives s a copy of from's data directory (cp -a), which is
+// much faster than initialising another. from must not be running.
+func (s *Server) copyDataDir(ctx context.Context, from *Server) error {
+	if out, err := exec.CommandContext(ctx, "cp", "-a", from.dataDir, s.dataDir).CombinedOutput(); err != nil {
+		return fmt.Errorf("mariadb: copying %s: %w\n%s", from.dataDir, err, tail(out, 20))
+	}
+	return s.chown()
+}
+
+// chown gives s's whole directory to cfg.runAs, if set.
+func (s *Server) chown() error {
+	if s.cfg.runAs == nil {
+		return nil
+	}
+	err := filepath.WalkDir(s.dir, func(path string, _ os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(path, s.cfg.runAs.uid, s.cfg.runAs.gid)
+	})
+	if err != nil {
+		return fmt.Errorf("mariadb: %w", err)
 	}
 	return nil
 }
@@ -409,19 +556,31 @@ func findProgram(names ...string) string {
 }
 
 // pickPort returns a random port in [portMin, portMax) that is free right
-// now. Another process may still take it before mariadbd binds it; run
-// notices and Start tries again.
+// now and that it has not returned before in this process (a Galera node
+// needs several ports picked before any is bound). Another process may
+// still take it before mariadbd binds it; run notices and Start tries again.
 func pickPort() int {
+	pickedMu.Lock()
+	defer pickedMu.Unlock()
 	var port int
 	for range 20 {
 		port = portMin + rand.IntN(portMax-portMin)
+		if picked[port] {
+			continue
+		}
 		if l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
 			l.Close()
 			break
 		}
 	}
+	picked[port] = true
 	return port
 }
+
+var (
+	pickedMu sync.Mutex
+	picked   = map[int]bool{}
+)
 
 // tempBase is where server directories are made. The socket path inside
 // must stay under the 108-byte limit of unix socket addresses.
@@ -433,17 +592,47 @@ func tempBase() string {
 }
 
 // makeDir creates the server's directory and records the calling process
-// as its owner, for removeStaleDirs.
-func makeDir() (string, error) {
-	dir, err := os.MkdirTemp(tempBase(), dirPrefix)
-	if err != nil {
-		return "", fmt.Errorf("mariadb: %w", err)
+// as its owner, for removeStaleDirs. For a server run as another user, the
+// directory belongs to that user and lies in /tmp if that user could not
+// reach it in tempBase (as in a TMPDIR under /root).
+func makeDir(runAs *account) (string, error) {
+	base := tempBase()
+	if runAs != nil && !reachable(base) {
+		base = "/tmp"
 	}
-	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-		os.RemoveAll(dir)
+	dir, err := os.MkdirTemp(base, dirPrefix)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644)
+	}
+	if err == nil && runAs != nil {
+		err = os.Chown(dir, runAs.uid, runAs.gid)
+	}
+	if err != nil {
+		if dir != "" {
+			os.RemoveAll(dir)
+		}
 		return "", fmt.Errorf("mariadb: %w", err)
 	}
 	return dir, nil
+}
+
+// reachable reports whether every user may traverse dir and its parents.
+func reachable(dir string) bool {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return false
+	}
+	for {
+		fi, err := os.Stat(dir)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return true
+		}
+		dir = parent
+	}
 }
 
 // removeStaleDirs removes the directories of servers whose owner process
@@ -452,6 +641,10 @@ func makeDir() (string, error) {
 // owner or server may still be alive, or that has no owner file, is kept.
 func removeStaleDirs() {
 	dirs, _ := filepath.Glob(filepath.Join(tempBase(), dirPrefix+"*"))
+	if tempBase() != "/tmp" {
+		more, _ := filepath.Glob(filepath.Join("/tmp", dirPrefix+"*")) // see makeDir
+		dirs = append(dirs, more...)
+	}
 	for _, dir := range dirs {
 		owner, ok := readPid(filepath.Join(dir, ownerFile))
 		if !ok || owner == os.Getpid() || processAlive(owner) {
