@@ -4,12 +4,18 @@
 
 GO ?= go
 
-.PHONY: test demo bench ensure-mariadb
+.PHONY: test test-cluster demo bench ensure-mariadb
 
 test: ensure-mariadb
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 30m ./...
 	cd internal/faulttest && $(GO) vet ./... && $(GO) test -race -count=1 -timeout 10m ./...
+
+# The replica and Galera tests alone (make test runs them too): a primary
+# with a lagging replica and a three-node Galera cluster on loopback.
+test-cluster: ensure-mariadb
+	$(GO) vet ./internal/clustertest/ ./internal/mariadb/
+	$(GO) test -race -count=1 -timeout 20m -v ./internal/clustertest/
 
 demo: ensure-mariadb
 	$(GO) run ./examples/race

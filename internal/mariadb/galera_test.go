@@ -3,7 +3,6 @@ package mariadb
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -16,10 +15,7 @@ func TestGalera(t *testing.T) {
 
 	began := time.Now()
 	c, err := StartGalera(ctx, 3)
-	if errors.Is(err, ErrGaleraNotInstalled) {
-		t.Skip(err)
-	}
-	if err != nil {
+	if err != nil { // ErrGaleraNotInstalled names the packages: a test that skips proves nothing
 		t.Fatal(err)
 	}
 	t.Logf("started 3 Galera nodes in %v", time.Since(began).Round(time.Millisecond))

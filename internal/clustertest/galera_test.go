@@ -1,0 +1,314 @@
+package clustertest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/idsafe/keystore"
+	"github.com/jmoiron/sqlx"
+)
+
+// galeraEnv is a fresh database on the shared cluster and one Store per
+// node.
+type galeraEnv struct {
+	stores  []*keystore.Store
+	dbs     []*sqlx.DB // root on each node, reads wait for the cluster (wsrep_sync_wait)
+	retries *atomic.Int64
+	most    *atomic.Int64 // most retries of one call
+	// notDeadlock counts retries for another cause than 1213; lastOther
+	// holds the last such error.
+	notDeadlock *atomic.Int64
+	lastOther   *atomic.Value
+}
+
+func newGaleraEnv(t *testing.T, opts ...keystore.Option) galeraEnv {
+	t.Helper()
+	c := galera(t)
+	name := newDatabase(t, c.Nodes[0].DSN(""))
+	env := galeraEnv{retries: new(atomic.Int64), most: new(atomic.Int64), notDeadlock: new(atomic.Int64), lastOther: new(atomic.Value)}
+	onRetry := keystore.OnRetry(func(attempt int, err error) {
+		env.retries.Add(1)
+		if !keystore.IsDeadlock(err) {
+			env.notDeadlock.Add(1)
+			env.lastOther.Store(err.Error())
+		}
+		for m := env.most.Load(); int64(attempt) > m && !env.most.CompareAndSwap(m, int64(attempt)); m = env.most.Load() {
+		}
+	})
+	for i, node := range c.Nodes {
+		db := open(t, node.DSN(name))
+		opts := append([]keystore.Option{keystore.WithRetryOptions(onRetry)}, opts...)
+		var s *keystore.Store
+		if i == 0 {
+			s = newStore(t, db, opts...) // migrates; DDL is applied on every node before it returns
+		} else {
+			var err error
+			if s, err = keystore.New(db, opts...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		env.stores = append(env.stores, s)
+		env.dbs = append(env.dbs, open(t, node.DSN(name)+"&wsrep_sync_wait=1"))
+	}
+	return env
+}
+
+// logOtherCauses logs the retries for another cause than a deadlock (1213).
+func (env galeraEnv) logOtherCauses(t testing.TB) {
+	t.Helper()
+	if n := env.notDeadlock.Load(); n > 0 {
+		t.Logf("%d retries were not for 1213; the last: %v", n, env.lastOther.Load())
+	} else {
+		t.Logf("every retry was for 1213")
+	}
+}
+
+// conflicts sums, over the nodes, the transactions aborted by the cluster
+// so far: certification failures and brute-force aborts.
+func conflicts(t testing.TB, env galeraEnv) int64 {
+	t.Helper()
+	var total int64
+	for _, db := range env.dbs {
+		for _, name := range []string{"wsrep_local_cert_failures", "wsrep_local_bf_aborts"} {
+			var n int64
+			var v string
+			if err := db.QueryRow(`SHOW GLOBAL STATUS LIKE '`+name+`'`).Scan(&v, &n); err != nil {
+				t.Fatal(err)
+			}
+			total += n
+		}
+	}
+	return total
+}
+
+// 64 goroutines over three nodes create keys for one new owner and the same
+// new permissions: every call succeeds, one identity and one row per
+// permission exist cluster-wide, and the cluster really aborted
+// transactions on the way (which the Store retried).
+func TestGaleraHotBurst(t *testing.T) {
+	env := newGaleraEnv(t)
+	ctx := context.Background()
+	const workers = 64
+	before := conflicts(t, env)
+	rounds := 0
+	for round := 0; round < 3 || conflicts(t, env) == before && round < 10; round++ {
+		rounds++
+		ext := fmt.Sprintf("owner-%d", round)
+		perms := []string{fmt.Sprintf("r%d.read", round), fmt.Sprintf("r%d.write", round), "shared"}
+		created := make([]keystore.CreatedKey, workers)
+		failOnErrors(t, parallel(workers, func(i int) (err error) {
+			created[i], err = env.stores[i%3].CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+				ExternalID: ext, Permissions: perms, Ratelimits: []keystore.Ratelimit{{Name: "rps", Limit: 10, Duration: time.Second}}})
+			return err
+		}))
+		for node, db := range env.dbs {
+			if n := count(t, db, `SELECT COUNT(*) FROM keystore_identities WHERE external_id = ?`, ext); n != 1 {
+				t.Fatalf("round %d, node %d: %d identities, want 1", round, node, n)
+			}
+			for _, p := range perms {
+				if n := count(t, db, `SELECT COUNT(*) FROM keystore_permissions WHERE slug = ?`, p); n != 1 {
+					t.Fatalf("round %d, node %d: %d rows of permission %s, want 1", round, node, n, p)
+				}
+			}
+			if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys k JOIN keystore_identities i ON i.id = k.identity_id
+				WHERE i.external_id = ? AND JSON_LENGTH(k.permissions) = 3 AND JSON_LENGTH(k.ratelimits) = 1`, ext); n != workers {
+				t.Fatalf("round %d, node %d: %d complete keys of the owner, want %d", round, node, n, workers)
+			}
+			if n := count(t, db, `SELECT COUNT(*) FROM keystore_key_permissions kp JOIN keystore_keys k ON k.id = kp.key_id
+				JOIN keystore_identities i ON i.id = k.identity_id WHERE i.external_id = ?`, ext); n != 3*workers {
+				t.Fatalf("round %d, node %d: %d permission links, want %d", round, node, n, 3*workers)
+			}
+		}
+		for _, c := range created {
+			if c.IdentityID != created[0].IdentityID {
+				t.Fatalf("round %d: keys got identities %s and %s", round, c.IdentityID, created[0].IdentityID)
+			}
+		}
+	}
+	aborted := conflicts(t, env) - before
+	t.Logf("%d rounds of %d creators over 3 nodes: %d transactions aborted by the cluster, %d retries, at most %d in one call",
+		rounds, workers, aborted, env.retries.Load(), env.most.Load())
+	env.logOtherCauses(t)
+	if aborted == 0 || env.retries.Load() == 0 {
+		t.Fatalf("no conflict between nodes in %d rounds (%d aborts, %d retries): the test proved nothing", rounds, aborted, env.retries.Load())
+	}
+}
+
+// Credits of one key spent from all three nodes at once. With the setting
+// the README gives cluster users (MaxAttempts(galeraAttempts)), every caller
+// gets an answer, exactly as many are valid as there were credits, and
+// every node ends with none left. With the defaults, calls may run out of
+// attempts: how many is logged, and each such error is classified and
+// spends nothing.
+func TestGaleraSpendOneKeyFromEveryNode(t *testing.T) {
+	t.Run("cluster setting", func(t *testing.T) {
+		if exhausted := spendFromEveryNode(t, keystore.WithRetryOptions(keystore.MaxAttempts(galeraAttempts))); exhausted != 0 {
+			t.Fatalf("%d calls ran out of %d attempts", exhausted, galeraAttempts)
+		}
+	})
+	t.Run("defaults", func(t *testing.T) { spendFromEveryNode(t) })
+}
+
+// spendFromEveryNode spends the credits of one key with 240 callers spread
+// over the nodes, checks that no credit is lost or spent twice, and returns
+// how many calls ran out of attempts.
+func spendFromEveryNode(t *testing.T, opts ...keystore.Option) (exhausted int64) {
+	env := newGaleraEnv(t, opts...)
+	ctx := context.Background()
+	const credits, callers = 150, 240
+	c, err := env.stores[0].CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+		Credits: &keystore.Credits{Remaining: credits}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count(t, env.dbs[1], `SELECT COUNT(*) FROM keystore_keys`) // wait until every node has it
+	count(t, env.dbs[2], `SELECT COUNT(*) FROM keystore_keys`)
+	before := conflicts(t, env)
+	var valid, over, outOfAttempts atomic.Int64
+	failOnErrors(t, parallel(callers, func(i int) error {
+		v, err := env.stores[i%3].VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: c.Key})
+		switch {
+		case errors.Is(err, keystore.ErrRetriesExhausted) && keystore.IsDeadlock(err):
+			outOfAttempts.Add(1)
+		case err != nil:
+			return err
+		case v.Valid:
+			valid.Add(1)
+		case v.Code == keystore.CodeUsageExceeded:
+			over.Add(1)
+		default:
+			return fmt.Errorf("verification %s", v.Code)
+		}
+		return nil
+	}))
+	t.Logf("%d verifications over 3 nodes: %d aborted by the cluster, %d retries, at most %d in one call; %d ran out of attempts",
+		callers, conflicts(t, env)-before, env.retries.Load(), env.most.Load(), outOfAttempts.Load())
+	env.logOtherCauses(t)
+	left := -1
+	for node, db := range env.dbs {
+		n := count(t, db, `SELECT remaining FROM keystore_keys WHERE id = ?`, c.KeyID)
+		if left >= 0 && n != left {
+			t.Fatalf("node %d has %d credits left, node 0 %d", node, n, left)
+		}
+		left = n
+	}
+	if int(valid.Load())+left != credits {
+		t.Fatalf("%d valid verifications and %d credits left, from %d", valid.Load(), left, credits)
+	}
+	if outOfAttempts.Load() == 0 && (left != 0 || over.Load() != callers-credits) {
+		t.Fatalf("every call answered, but %d credits left and %d over the limit, want 0 and %d", left, over.Load(), callers-credits)
+	}
+	return outOfAttempts.Load()
+}
+
+// galeraAttempts is what a cluster user sets for keys spent from several
+// nodes (see README, "Galera"): TestGaleraSpendOneKeyFromEveryNode logs how
+// many attempts calls needed.
+const galeraAttempts = 30
+
+// A node killed mid-load: callers on the surviving nodes go on; callers on
+// the dead one get classified errors; nothing that was reported as written
+// is missing, and nothing is half-written. The node then rejoins.
+func TestGaleraNodeKilled(t *testing.T) {
+	env := newGaleraEnv(t)
+	c := galera(t)
+	ctx := context.Background()
+	stop := make(chan struct{})
+	var mu sync.Mutex
+	var ok []keystore.CreatedKey
+	var ambiguous, exhausted, other, deadNodeOK atomic.Int64
+	var survivorsOK atomic.Int64
+	killed := make(chan struct{})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		c.Nodes[2].Kill()
+		close(killed)
+		time.Sleep(700 * time.Millisecond)
+		close(stop)
+	}()
+	var unexpected []error
+	errs := parallel(24, func(i int) error {
+		node := i % 3
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				return nil
+			default:
+			}
+			callCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			k, err := env.stores[node].CreateKey(callCtx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+				ExternalID: fmt.Sprintf("owner-%d", n%5), Permissions: []string{"p1", "p2"}})
+			cancel()
+			switch {
+			case err == nil:
+				mu.Lock()
+				ok = append(ok, k)
+				mu.Unlock()
+				if node == 2 {
+					deadNodeOK.Add(1)
+				} else {
+					select {
+					case <-killed:
+						survivorsOK.Add(1)
+					default:
+					}
+				}
+			case node != 2:
+				return fmt.Errorf("CreateKey on a surviving node: %w", err)
+			case errors.Is(err, keystore.ErrAmbiguousCommit):
+				ambiguous.Add(1)
+			case errors.Is(err, keystore.ErrRetriesExhausted):
+				exhausted.Add(1)
+			default:
+				mu.Lock()
+				unexpected = append(unexpected, err)
+				mu.Unlock()
+				other.Add(1)
+			}
+			if node == 2 {
+				select {
+				case <-killed:
+					return nil // one classified error from the dead node is enough
+				default:
+				}
+			}
+		}
+	})
+	failOnErrors(t, errs)
+	t.Logf("%d keys created, %d of them on the surviving nodes after the kill; dead node: %d ambiguous commits, %d retries exhausted, %d other errors",
+		len(ok), survivorsOK.Load(), ambiguous.Load(), exhausted.Load(), other.Load())
+	for _, err := range unexpected {
+		t.Errorf("unclassified error from the dead node: %v", err)
+	}
+	if survivorsOK.Load() == 0 {
+		t.Fatal("no key created on the surviving nodes after the kill")
+	}
+	db := env.dbs[0]
+	for _, k := range ok {
+		if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE id = ? AND identity_id = ? AND JSON_LENGTH(permissions) = 2`, k.KeyID, k.IdentityID); n != 1 {
+			t.Fatalf("key %s reported created is missing or incomplete on a survivor", k.KeyID)
+		}
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys k WHERE (SELECT COUNT(*) FROM keystore_key_permissions kp WHERE kp.key_id = k.id) <> 2`); n != 0 {
+		t.Fatalf("%d keys with a partial permission set", n)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM (SELECT external_id FROM keystore_identities WHERE live = 1 GROUP BY external_id HAVING COUNT(*) > 1) d`); n != 0 {
+		t.Fatalf("%d external ids with more than one live identity", n)
+	}
+	rejoin, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	if err := c.Nodes[2].Restart(rejoin); err != nil {
+		t.Fatalf("restarting the killed node: %v", err)
+	}
+	if err := c.WaitSynced(rejoin); err != nil {
+		t.Fatalf("killed node rejoining: %v", err)
+	}
+	if _, err := env.stores[2].CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "owner-0"}); err != nil {
+		t.Fatalf("CreateKey on the rejoined node: %v", err)
+	}
+}

@@ -1,0 +1,157 @@
+package clustertest_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/internal/mariadb"
+	"github.com/jmoiron/sqlx"
+)
+
+// Servers are started on first use, once per test binary, and stopped by
+// TestMain.
+var (
+	pairOnce sync.Once
+	pair     *mariadb.Replicated
+	pairErr  error
+
+	clusterOnce sync.Once
+	cluster     *mariadb.Cluster
+	clusterErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if pair != nil {
+		pair.Stop()
+	}
+	if cluster != nil {
+		cluster.Stop()
+	}
+	os.Exit(code)
+}
+
+// replicated returns the shared primary and replica.
+func replicated(t testing.TB) *mariadb.Replicated {
+	t.Helper()
+	pairOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		pair, pairErr = mariadb.StartReplicated(ctx)
+	})
+	if pairErr != nil {
+		t.Fatalf("starting a primary and a replica: %v", pairErr)
+	}
+	return pair
+}
+
+// galera returns the shared three-node cluster.
+func galera(t testing.TB) *mariadb.Cluster {
+	t.Helper()
+	clusterOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cluster, clusterErr = mariadb.StartGalera(ctx, 3)
+	})
+	if clusterErr != nil {
+		t.Fatalf("starting a Galera cluster: %v", clusterErr)
+	}
+	return cluster
+}
+
+// newDatabase creates a database through admin (a root DSN without a
+// database), dropped when the test ends, and returns its name.
+func newDatabase(t testing.TB, adminDSN string) string {
+	t.Helper()
+	b := make([]byte, 6)
+	rand.Read(b)
+	name := "kstest_" + hex.EncodeToString(b)
+	admin := open(t, adminDSN)
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Exec("DROP DATABASE IF EXISTS " + name) })
+	return name
+}
+
+// open returns a pool on dsn, closed when the test ends.
+func open(t testing.TB, dsn string) *sqlx.DB {
+	t.Helper()
+	db, err := sqlx.Open("mysql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.SetMaxOpenConns(100)
+	db.SetMaxIdleConns(100)
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// count runs a SELECT COUNT(*) query.
+func count(t testing.TB, db *sqlx.DB, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := db.Get(&n, query, args...); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n
+}
+
+// parallel runs f(i) for i in [0, n) in n goroutines released together and
+// returns the errors they returned, each naming its goroutine.
+func parallel(n int, f func(i int) error) []error {
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = f(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	var failed []error
+	for i, err := range errs {
+		if err != nil {
+			failed = append(failed, fmt.Errorf("goroutine %d: %w", i, err))
+		}
+	}
+	return failed
+}
+
+func failOnErrors(t testing.TB, errs []error) {
+	t.Helper()
+	for i, err := range errs {
+		if i == 5 {
+			t.Errorf("... and %d more", len(errs)-5)
+			break
+		}
+		t.Error(err)
+	}
+	if len(errs) > 0 {
+		t.FailNow()
+	}
+}
+
+// newStore returns a Store on db with opts, after migrating.
+func newStore(t testing.TB, db *sqlx.DB, opts ...keystore.Option) *keystore.Store {
+	t.Helper()
+	s, err := keystore.New(db, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
