@@ -3,13 +3,12 @@ package keystore_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"slices"
-	"sync"
 	"testing"
 
 	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/internal/testutil"
 	"github.com/idsafe/keystore/keystoretest"
 	"github.com/jmoiron/sqlx"
 )
@@ -95,44 +94,11 @@ func events(t testing.TB, db *sqlx.DB, workspaceID string) []string {
 	return out
 }
 
-// parallel runs f(i) for i in [0, n) in n goroutines started together and
-// returns the errors they returned.
-func parallel(n int, f func(i int) error) []error {
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	errs := make([]error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			errs[i] = f(i)
-		}()
-	}
-	close(start)
-	wg.Wait()
-	var failed []error
-	for i, err := range errs {
-		if err != nil {
-			failed = append(failed, fmt.Errorf("goroutine %d: %w", i, err))
-		}
-	}
-	return failed
-}
-
-func failOnErrors(t testing.TB, errs []error) {
-	t.Helper()
-	for i, err := range errs {
-		if i == 5 {
-			t.Errorf("... and %d more", len(errs)-5)
-			break
-		}
-		t.Error(err)
-	}
-	if len(errs) > 0 {
-		t.FailNow()
-	}
-}
+// parallel and failOnErrors: see testutil.
+var (
+	parallel     = testutil.Parallel
+	failOnErrors = testutil.FailOnErrors
+)
 
 // short reports whether to run the reduced version of long tests.
 func short() bool { return testing.Short() || os.Getenv("KEYSTORE_QUICK") != "" }

@@ -4,13 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/internal/testutil"
 	"github.com/idsafe/keystore/internal/mariadb"
 	"github.com/jmoiron/sqlx"
 )
@@ -104,44 +104,11 @@ func count(t testing.TB, db *sqlx.DB, query string, args ...any) int {
 	return n
 }
 
-// parallel runs f(i) for i in [0, n) in n goroutines released together and
-// returns the errors they returned, each naming its goroutine.
-func parallel(n int, f func(i int) error) []error {
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	errs := make([]error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			errs[i] = f(i)
-		}()
-	}
-	close(start)
-	wg.Wait()
-	var failed []error
-	for i, err := range errs {
-		if err != nil {
-			failed = append(failed, fmt.Errorf("goroutine %d: %w", i, err))
-		}
-	}
-	return failed
-}
-
-func failOnErrors(t testing.TB, errs []error) {
-	t.Helper()
-	for i, err := range errs {
-		if i == 5 {
-			t.Errorf("... and %d more", len(errs)-5)
-			break
-		}
-		t.Error(err)
-	}
-	if len(errs) > 0 {
-		t.FailNow()
-	}
-}
+// parallel and failOnErrors: see testutil.
+var (
+	parallel     = testutil.Parallel
+	failOnErrors = testutil.FailOnErrors
+)
 
 // newStore returns a Store on db with opts, after migrating.
 func newStore(t testing.TB, db *sqlx.DB, opts ...keystore.Option) *keystore.Store {
