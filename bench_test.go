@@ -63,7 +63,7 @@ import (
 // server's global Questions counter over the timed part, which is valid
 // because the test binary's server is private to it: run benchmarks alone,
 // with -run '^$'), attempts/op (transactions begun per op: ops + retries),
-// p50-ms and p99-ms (latency of one op as its caller sees it). ns/op is wall
+// p50-ms, p99-ms and max-ms (latency of one op as its caller sees it). ns/op is wall
 // time over ops, i.e. the inverse of throughput at that concurrency.
 //
 // Every run (b.N=1 and the real one) gets a fresh database.
@@ -177,8 +177,8 @@ func newBenchStore(ctx context.Context, b *testing.B, opts ...keystore.Option) (
 // connecting, then calls run, whose timed(i, op) runs and times op as
 // operation i of b.N. It reports errors/op, stmts/op and rollbacks/op (the
 // server's global Questions and Com_rollback counters, valid because the
-// test binary's server is private to it), p50-ms and p99-ms, and returns the
-// operations' errors.
+// test binary's server is private to it), p50-ms, p99-ms and max-ms, and
+// returns the operations' errors.
 func measured(b *testing.B, db *sqlx.DB, warm int, run func(timed func(i int, op func() error))) []error {
 	ctx := context.Background()
 	warmPool(b, db, warm)
@@ -215,6 +215,7 @@ func measured(b *testing.B, db *sqlx.DB, warm int, run func(timed func(i int, op
 	b.ReportMetric(float64(after["Com_rollback"]-before["Com_rollback"])/float64(b.N), "rollbacks/op")
 	b.ReportMetric(ms(percentile(durs, 0.50)), "p50-ms")
 	b.ReportMetric(ms(percentile(durs, 0.99)), "p99-ms")
+	b.ReportMetric(ms(percentile(durs, 1)), "max-ms")
 	return errs
 }
 

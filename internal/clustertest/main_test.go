@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/idsafe/keystore"
-	"github.com/idsafe/keystore/internal/testutil"
 	"github.com/idsafe/keystore/internal/mariadb"
+	"github.com/idsafe/keystore/internal/testutil"
 	"github.com/jmoiron/sqlx"
 )
 
