@@ -47,7 +47,7 @@ import (
 //	          and 64 workers
 //	hot       bursts of 64 goroutines released together on one new
 //	          externalId, a new one every burst
-//	mixed-order  16 workers, every op a key with 6 permissions (new ones
+//	mixed-order  1, 16 and 64 workers, every op a key with 6 permissions (new ones
 //	          every 50 ops, shared by all workers) and 2 ratelimits, given in
 //	          opposite orders by odd and even ops; its own shapes (see
 //	          mixedShapes): the deadlock-prone mix
@@ -85,11 +85,13 @@ func BenchmarkCreateKey(b *testing.B) {
 			}
 		})
 	}
-	b.Run(fmt.Sprintf("scenario=mixed-order/c=%d", mixedWorkers), func(b *testing.B) {
-		for _, sh := range mixedShapes() {
-			b.Run("shape="+sh.name, func(b *testing.B) { benchMixedOrder(b, mixedWorkers, sh) })
-		}
-	})
+	for _, workers := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("scenario=mixed-order/c=%d", workers), func(b *testing.B) {
+			for _, sh := range mixedShapes() {
+				b.Run("shape="+sh.name, func(b *testing.B) { benchMixedOrder(b, workers, sh) })
+			}
+		})
+	}
 }
 
 const (
@@ -608,9 +610,8 @@ func benchID(prefix string) string {
 // The mixed-order scenario: the deadlock-prone mix of issue 4 (e).
 
 const (
-	mixedWorkers = 16
-	mixedPerms   = 6  // permission slugs per key
-	mixedEvery   = 50 // ops per generation of slugs: new ones after that many
+	mixedPerms = 6  // permission slugs per key
+	mixedEvery = 50 // ops per generation of slugs: new ones after that many
 )
 
 // mixedBaseline creates a key with perms and rls in the order given.

@@ -28,11 +28,14 @@ import (
 //	                  the transaction after a duplicate (as seed-retry3 in
 //	                  BenchmarkCreateKey)
 //
-// Names are BenchmarkUpdateKeyLink/c=64/shape=X; metrics as in
+// Names are BenchmarkUpdateKeyLink/c=N/shape=X, where N goroutines are
+// released together on each new externalId (1, 16 and 64); metrics as in
 // BenchmarkCreateKey. Every run gets a fresh database.
 func BenchmarkUpdateKeyLink(b *testing.B) {
-	for _, sh := range linkShapes() {
-		b.Run(fmt.Sprintf("c=%d/shape=%s", hotBurst, sh.name), func(b *testing.B) { benchUpdateKeyLink(b, sh) })
+	for _, burst := range []int{1, 16, hotBurst} {
+		for _, sh := range linkShapes() {
+			b.Run(fmt.Sprintf("c=%d/shape=%s", burst, sh.name), func(b *testing.B) { benchUpdateKeyLink(b, burst, sh) })
+		}
 	}
 }
 
@@ -54,7 +57,7 @@ func linkShapes() []linkShape {
 	}
 }
 
-func benchUpdateKeyLink(b *testing.B, sh linkShape) {
+func benchUpdateKeyLink(b *testing.B, burst int, sh linkShape) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	ctx, store, db, counters := newBenchStore(ctx, b, sh.opts...)
@@ -71,9 +74,9 @@ func benchUpdateKeyLink(b *testing.B, sh linkShape) {
 		}
 	}
 	// seed-retry3 reads on a second connection while its transaction holds one.
-	errs := measured(b, db, min(2*hotBurst, 90), func(timed func(i int, op func() error)) {
-		runBursts(b.N, hotBurst, func(burst, i int) {
-			timed(i, func() error { return op(ctx, keyIDs[i], fmt.Sprintf("link-%d", burst)) })
+	errs := measured(b, db, min(2*burst, 90), func(timed func(i int, op func() error)) {
+		runBursts(b.N, burst, func(n, i int) {
+			timed(i, func() error { return op(ctx, keyIDs[i], fmt.Sprintf("link-%d", n)) })
 		})
 	})
 	counters.report(b, sh.name, errs)
