@@ -24,7 +24,7 @@ const (
 	errClientIdleTimeout = 4031 // MySQL 8.0.24+: idle connection closed by the server
 	errParse             = 1064 // ER_PARSE_ERROR: only the statement was rolled back
 	errUnknown           = 1105 // ER_UNKNOWN_ERROR: Vitess may carry the real number in the message
-	errUnknownCommand    = 1047 // ER_UNKNOWN_COM_ERROR: a Galera node that is not ready says so with it
+	errSyntax            = 1149 // ER_SYNTAX_ERROR: how Vitess reports syntax it does not know
 )
 
 // retryableErrors are the server errors after which running the whole
@@ -93,13 +93,6 @@ func embeddedErrno(msg string) (uint16, bool) {
 	return uint16(n), found && err == nil
 }
 
-// isWsrepNotReady reports a Galera node that refuses work because it is not
-// part of the primary component or not synced yet: nothing was done.
-func isWsrepNotReady(err error) bool {
-	var me *mysql.MySQLError
-	return errors.As(err, &me) && me.Number == errUnknownCommand && strings.Contains(me.Message, "WSREP")
-}
-
 // IsDuplicateKey reports whether err is, or wraps, a duplicate-key error
 // (1062). The server rolled back only that statement.
 func IsDuplicateKey(err error) bool {
@@ -107,11 +100,16 @@ func IsDuplicateKey(err error) bool {
 	return ok && n == errDupEntry
 }
 
-// isParseError reports whether err is a syntax error (1064): the server
-// does not know a statement's syntax, such as MySQL INSERT ... RETURNING.
+// isParseError reports whether err says the server does not know a
+// statement's syntax, such as INSERT ... RETURNING on MySQL (1064) or
+// behind Vitess (1149, or 1105 "syntax error").
 func isParseError(err error) bool {
-	n, ok := serverErrorNumber(err)
-	return ok && n == errParse
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) {
+		return false
+	}
+	return me.Number == errParse || me.Number == errSyntax ||
+		me.Number == errUnknown && strings.Contains(strings.ToLower(me.Message), "syntax error")
 }
 
 // IsDeadlock reports whether err is, or wraps, a deadlock (1213), which is
@@ -127,9 +125,12 @@ func IsDeadlock(err error) bool {
 // is also how Galera reports a certification conflict and TiDB a
 // pessimistic deadlock), lock-wait timeout (1205), MariaDB 1020, MySQL's
 // idle-connection notice (4031), TiDB's write conflicts and retryable
-// commit errors (9007, 8005, 8002, 8022, 8028), a Galera node not ready
-// (1047 "WSREP has not yet prepared node"), Vitess errors carrying any of
-// these as "(errno N)", and driver.ErrBadConn (nothing was sent).
+// commit errors (9007, 8005, 8002, 8022, 8028), Vitess errors carrying any
+// of these as "(errno N)", and driver.ErrBadConn (nothing was sent).
+//
+// A Galera node that is not ready (1047 "WSREP has not yet prepared node")
+// is not retried: it may refuse the ROLLBACK too, leaving the transaction
+// open on a connection that goes back to the pool.
 //
 // It is false for an error matching [ErrAmbiguousCommit] and for errors
 // that have already been retried ([ErrRetriesExhausted]). Other lost
@@ -141,7 +142,7 @@ func IsRetryable(err error) bool {
 	}
 	if n, ok := serverErrorNumber(err); ok {
 		_, retryable := retryableErrors[n]
-		return retryable || isWsrepNotReady(err)
+		return retryable
 	}
 	return errors.Is(err, driver.ErrBadConn)
 }

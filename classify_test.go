@@ -124,7 +124,7 @@ func TestEngineErrorClassification(t *testing.T) {
 		{"MariaDB snapshot isolation", &mysql.MySQLError{Number: 1020, SQLState: state("HY000"), Message: "Record has changed since last read in table 'keystore_keys'"}, true, false, false},
 		{"MySQL idle disconnect", &mysql.MySQLError{Number: 4031, SQLState: state("HY000"), Message: "The client was disconnected by the server because of inactivity. See wait_timeout and interactive_timeout for configuring this behavior."}, true, false, false},
 		{"Galera conflict", &mysql.MySQLError{Number: 1213, SQLState: state("40001"), Message: "WSREP detected deadlock/conflict and aborted the transaction. Try restarting the transaction"}, true, true, false},
-		{"Galera node not ready", &mysql.MySQLError{Number: 1047, SQLState: state("08S01"), Message: "WSREP has not yet prepared node for application use"}, true, false, false},
+		{"Galera node not ready (may refuse ROLLBACK too)", &mysql.MySQLError{Number: 1047, SQLState: state("08S01"), Message: "WSREP has not yet prepared node for application use"}, false, false, false},
 		{"unknown command, not Galera", &mysql.MySQLError{Number: 1047, SQLState: state("08S01"), Message: "Unknown command"}, false, false, false},
 		{"TiDB write conflict", &mysql.MySQLError{Number: 9007, SQLState: state("HY000"), Message: "Write conflict, txnStartTS=421530468823416833, conflictStartTS=421530468823416834, conflictCommitTS=421530468836524033, key={tableID=55, handle=1} primary={tableID=55, handle=1} [try again later]"}, true, false, false},
 		{"TiDB stale write conflict", &mysql.MySQLError{Number: 8005, SQLState: state("HY000"), Message: "Write Conflict, txnStartTS is stale"}, true, false, false},
@@ -157,6 +157,26 @@ func TestEngineErrorClassification(t *testing.T) {
 		// Answered to COMMIT, each is the server's verdict: not applied.
 		if errors.Is(commitError(context.Background(), c.err), ErrAmbiguousCommit) {
 			t.Errorf("%s at COMMIT: classified as ambiguous", c.engine)
+		}
+	}
+}
+
+// Syntax a server does not know (INSERT ... RETURNING on MySQL, or behind
+// Vitess) is recognised, so that a Store falls back instead of failing.
+func TestParseErrorRecognised(t *testing.T) {
+	cases := []struct {
+		err  *mysql.MySQLError
+		want bool
+	}{
+		{&mysql.MySQLError{Number: 1064, Message: "You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version for the right syntax to use near 'RETURNING identity_id' at line 3"}, true},
+		{&mysql.MySQLError{Number: 1149, Message: "syntax error at position 412 near 'RETURNING'"}, true},
+		{&mysql.MySQLError{Number: 1105, Message: "syntax error at position 412 near 'RETURNING'"}, true},
+		{&mysql.MySQLError{Number: 1105, Message: "vttablet: connection refused"}, false},
+		{&mysql.MySQLError{Number: 1062, Message: "Duplicate entry"}, false},
+	}
+	for _, c := range cases {
+		if got := isParseError(fmt.Errorf("keystore: insert key: %w", c.err)); got != c.want {
+			t.Errorf("%d %q: isParseError = %v, want %v", c.err.Number, c.err.Message, got, c.want)
 		}
 	}
 }

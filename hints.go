@@ -6,8 +6,10 @@ import "sync"
 // (external id -> identity id), to choose CreateKey's first statement: for
 // an identity seen before, the key's INSERT reads the owner itself; for one
 // never seen, the identity's INSERT goes first. A hint is a guess and
-// nothing more: a wrong one (an identity deleted or created by another
-// process) costs one statement. It is safe for concurrent use.
+// nothing more: a wrong one costs a statement or two (an identity created
+// by another process: the identity's INSERT that finds it; one deleted
+// since: the key's INSERT that inserts nothing, then a read). It is safe
+// for concurrent use.
 type identityHints struct {
 	mu   sync.Mutex
 	seen map[string]string

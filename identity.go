@@ -34,9 +34,10 @@ import (
 // identity) and with the seed's shapes.
 //
 // CreateKey folds the read into the key's own INSERT ... SELECT (see
-// insertOwnedKey), which saves a statement and, under REPEATABLE READ,
-// share-locks the identity row it read. That lock makes a DeleteIdentity
-// wait for the keys being created, not fail them. Keys do not otherwise
+// insertOwnedKey), which saves a statement and, under REPEATABLE READ (the
+// default), share-locks the identity row it read: on one server a
+// DeleteIdentity then waits for the keys being created instead of racing
+// them (on a Galera cluster, locks are per node). Keys do not otherwise
 // hold their owner: a key linked to an identity that was deleted later
 // reads as unowned, because every read joins only live identities and
 // DeleteIdentity leaves links alone. That is exactly the state of the serial

@@ -422,3 +422,30 @@ func TestWithoutAuditWritesNoEvents(t *testing.T) {
 		t.Fatalf("%d audit events written by a Store made WithoutAudit", n)
 	}
 }
+
+// New checks its options and does no I/O.
+func TestNewOptions(t *testing.T) {
+	db := sqlx.NewDb(nil, "mysql") // never used: New does no I/O
+	cases := []struct {
+		name string
+		opts []keystore.Option
+		ok   bool
+	}{
+		{"defaults", nil, true},
+		{"replica timeout without a replica", []keystore.Option{keystore.WithReplicaTimeout(time.Second)}, true},
+		{"zero replica timeout", []keystore.Option{keystore.WithReplica(db), keystore.WithReplicaTimeout(0)}, false},
+		{"nil clock", []keystore.Option{keystore.WithClock(nil)}, false},
+		{"nil logger", []keystore.Option{keystore.WithLogger(nil)}, false},
+	}
+	for _, c := range cases {
+		if _, err := keystore.New(db, c.opts...); (err == nil) != c.ok {
+			t.Errorf("%s: New returned %v", c.name, err)
+		}
+	}
+	if _, err := keystore.New(nil); err == nil {
+		t.Error("New(nil) returned no error")
+	}
+	if _, err := keystore.New(sqlx.NewDb(nil, "postgres")); err == nil {
+		t.Error("New with a driver other than mysql returned no error")
+	}
+}

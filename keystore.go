@@ -61,7 +61,10 @@ func WithoutAudit() Option {
 }
 
 // New returns a Store on db, the primary (read-write) server. It does no I/O;
-// call [Store.Migrate] once to create the schema.
+// call [Store.Migrate] once to create the schema. Make one Store per pool
+// and keep it for the pool's life: it remembers owners it has seen and
+// keeps VerifyKey's lookup prepared on the pool (and on the replica's), and
+// a Store made per request would leave prepared statements behind.
 //
 // The DSN of db should set interpolateParams=true (one round trip per
 // statement instead of three). parseTime may be on or off.
@@ -79,8 +82,8 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 	if s.now == nil || s.log == nil {
 		return nil, errors.New("keystore: New: WithClock and WithLogger need a non-nil argument")
 	}
-	if r := s.replica; r != nil && (r.db == nil || r.timeout <= 0) {
-		return nil, errors.New("keystore: New: WithReplica needs a non-nil db and WithReplicaTimeout a positive duration")
+	if r := s.replica; r != nil && r.timeout <= 0 {
+		return nil, errors.New("keystore: New: WithReplicaTimeout needs a positive duration")
 	}
 	logRetry := OnRetry(func(attempt int, err error) {
 		s.log.Debug("keystore: retrying transaction", "attempt", attempt, "err", err)

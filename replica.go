@@ -26,7 +26,10 @@ import (
 // CodeValid for a key without credits that was just disabled, deleted or
 // given credits. A key with credits cannot be spent that way: its UPDATE on
 // the primary matches nothing and VerifyKey answers from a primary read.
-// Callers that need the primary's answer ask for it with
+// The other way round never happens: VerifyKey asks the primary before
+// answering anything but valid (disabled, expired, too few credits), so a
+// key just enabled, extended or given credits verifies at once. Callers
+// that need the primary's answer for every read ask for it with
 // [ContextWithPrimaryRead].
 //
 // A replica miss goes to the primary: GetKey, FindIdentity and VerifyKey
@@ -64,7 +67,7 @@ func WithReplica(db *sqlx.DB) Option {
 		if s.replica == nil {
 			s.replica = &replica{timeout: defaultReplicaTimeout}
 		}
-		s.replica.db = db
+		s.replica.db = db // nil: no replica
 	}
 }
 

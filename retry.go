@@ -67,9 +67,10 @@ func TxOptions(opts *sql.TxOptions) RetryOption {
 
 // WithRetryTx runs fn in a transaction on db and commits it, running the
 // whole transaction again (a fresh BEGIN..COMMIT) when it fails with an error
-// for which [IsRetryable] is true: deadlock (1213, also reported by Galera at
-// COMMIT), lock-wait timeout (1205), MariaDB's 1020, or a connection lost
-// before COMMIT was sent. Between attempts it rolls back and then sleeps (see
+// for which [IsRetryable] is true (deadlock 1213, also reported by Galera at
+// COMMIT; lock-wait timeout 1205; MariaDB's 1020; TiDB's write conflicts;
+// see IsRetryable for the whole list), or with a connection lost before
+// COMMIT was sent. Between attempts it rolls back and then sleeps (see
 // [Backoff]); ctx cancels the sleep and the statements.
 //
 // fn may run several times, so it must have no effects outside tx (no

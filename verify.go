@@ -82,16 +82,24 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 	if err := req.validate(); err != nil {
 		return Verification{}, err
 	}
-	now := s.clock()
+	now, cost := s.clock(), max(req.Cost, 1)
 	var row verifyRow
 	hash := hashKey(req.Key)
-	err := s.read(ctx, func(ctx context.Context, db *sqlx.DB) error {
+	var fromReplica bool
+	lookup := func(ctx context.Context, db *sqlx.DB) error {
+		fromReplica = db != s.db
 		stmt, err := s.prepared.get(ctx, db, selectVerify)
 		if err != nil {
 			return err
 		}
 		return row.scan(stmt.QueryRowContext(ctx, hash))
-	})
+	}
+	err := s.read(ctx, lookup)
+	if err == nil && fromReplica && !row.DeletedAt.Valid && !row.passes(req, cost, now) {
+		// A lagging replica may not know yet that the key was enabled,
+		// extended or given credits: only the primary may say no.
+		err = lookup(ctx, s.db)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return Verification{Code: CodeNotFound}, nil
 	}
@@ -105,7 +113,14 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 	if v.Code != CodeValid || v.Remaining == nil || req.NoSpend {
 		return v, nil
 	}
-	return s.spend(ctx, row, max(req.Cost, 1), now)
+	return s.spend(ctx, row, cost, now)
+}
+
+// passes reports whether the key read as r would verify for req: valid, and
+// with enough credits unless it has none or req spends none.
+func (r verifyRow) passes(req VerifyKeyRequest, cost int64, now time.Time) bool {
+	v := r.verification(now)
+	return v.Code == CodeValid && (v.Remaining == nil || req.NoSpend || *v.Remaining >= cost)
 }
 
 func (r *VerifyKeyRequest) validate() error {
@@ -154,6 +169,8 @@ func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.T
 		}
 		if lastErr = err; lastErr == nil {
 			lastErr = errConcurrentChange
+		} else if attempt == cfg.maxAttempts {
+			return Verification{}, &RetryError{Attempts: attempt, Err: err}
 		} else if err := cfg.retried(ctx, attempt, err); err != nil {
 			return Verification{}, err
 		}

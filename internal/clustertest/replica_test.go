@@ -177,6 +177,39 @@ func TestLaggingReplicaStaleness(t *testing.T) {
 	if k, err := env.store.GetKey(primary, "ws", free.KeyID); err != nil || k.Enabled {
 		t.Fatalf("GetKey from the primary: %+v, %v; want the disabled key", k, err)
 	}
+
+	// The other way round: the replica says disabled, or out of credits,
+	// and the primary knows better: VerifyKey asks it before saying no.
+	env.pair.ResumeReplication(ctx)
+	waitCaughtUp(t, env.pair)
+	empty, err := env.store.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+		Credits: &keystore.Credits{Remaining: 0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(t, env.pair)
+	if err := env.pair.PauseReplication(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.store.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: free.KeyID, Enabled: keystore.Set(true)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.store.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: empty.KeyID,
+		Credits: keystore.Set(keystore.Credits{Remaining: 3})}); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := env.store.GetKey(ctx, "ws", free.KeyID); err != nil || k.Enabled {
+		t.Fatalf("GetKey from the lagging replica: %+v, %v; want the stale, disabled key", k, err)
+	}
+	if code := verify(ctx, free.Key); code != keystore.CodeValid {
+		t.Fatalf("key re-enabled during the lag: %s, want VALID", code)
+	}
+	if code := verify(ctx, empty.Key); code != keystore.CodeValid {
+		t.Fatalf("key given credits during the lag: %s, want VALID", code)
+	}
+	if n := count(t, env.primary, `SELECT remaining FROM keystore_keys WHERE id = ?`, empty.KeyID); n != 2 {
+		t.Fatalf("%d credits left after one verification of 3, want 2", n)
+	}
 }
 
 // A replica that is down, or hung, costs at most the configured timeout;
