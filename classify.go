@@ -129,8 +129,9 @@ func IsDeadlock(err error) bool {
 // of these as "(errno N)", and driver.ErrBadConn (nothing was sent).
 //
 // A Galera node that is not ready (1047 "WSREP has not yet prepared node")
-// is not retried: it may refuse the ROLLBACK too, leaving the transaction
-// open on a connection that goes back to the pool.
+// is not retried: it stays so for seconds, and refuses ROLLBACK as well as
+// COMMIT (WithRetryTx then closes the connection, so that the server rolls
+// the transaction back; see runTx).
 //
 // It is false for an error matching [ErrAmbiguousCommit] and for errors
 // that have already been retried ([ErrRetriesExhausted]). Other lost

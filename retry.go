@@ -3,6 +3,8 @@ package keystore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -111,26 +113,74 @@ func WithRetryTx[T any](ctx context.Context, db TxBeginner, fn func(ctx context.
 }
 
 // runTx is one attempt: BEGIN, fn, COMMIT, with rollback on any failure.
+//
+// When the database can hand out a dedicated connection (*sqlx.DB can), the
+// attempt holds one, so that a connection whose transaction may still be
+// open is closed instead of going back to the pool: one whose ROLLBACK
+// failed, or whose COMMIT failed with an error that does not say the
+// server rolled back (a Galera node that is not ready refuses both with
+// 1047). Closing it makes the server roll the transaction back; back in the
+// pool, the next BEGIN on it would have committed it.
 func runTx[T any](ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx context.Context, tx *sqlx.Tx) (T, error)) (v T, err error) {
-	tx, err := db.BeginTxx(ctx, opts)
+	conn, tx, err := begin(ctx, db, opts)
 	if err != nil {
 		return v, err
 	}
+	if conn != nil {
+		defer conn.Close()
+	}
+	rollback := func() {
+		if err := tx.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
+			discard(conn)
+		}
+	}
 	defer func() {
 		if p := recover(); p != nil {
-			_ = tx.Rollback()
+			rollback()
 			panic(p)
 		}
 	}()
 	v, err = fn(ctx, tx)
 	if err != nil {
-		_ = tx.Rollback()
+		rollback()
 		return v, err
 	}
 	if err := tx.Commit(); err != nil {
+		if !IsDeadlock(err) { // a deadlock or certification failure rolled it back
+			discard(conn)
+		}
 		return v, commitError(ctx, err)
 	}
 	return v, nil
+}
+
+// begin starts a transaction, on a connection of its own when db can give
+// one (conn is nil otherwise).
+func begin(ctx context.Context, db TxBeginner, opts *sql.TxOptions) (*sqlx.Conn, *sqlx.Tx, error) {
+	pool, ok := db.(interface {
+		Connx(ctx context.Context) (*sqlx.Conn, error)
+	})
+	if !ok {
+		tx, err := db.BeginTxx(ctx, opts)
+		return nil, tx, err
+	}
+	conn, err := pool.Connx(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	tx, err := conn.BeginTxx(ctx, opts)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, tx, nil
+}
+
+// discard closes conn rather than returning it to the pool.
+func discard(conn *sqlx.Conn) {
+	if conn != nil {
+		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
 }
 
 func newRetryConfig(opts []RetryOption) retryConfig {

@@ -2,6 +2,7 @@ package clustertest_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/idsafe/keystore"
 	"github.com/jmoiron/sqlx"
 )
@@ -204,6 +206,76 @@ func spendFromEveryNode(t *testing.T, opts ...keystore.Option) (exhausted int64)
 		t.Fatalf("every call answered, but %d credits left and %d over the limit, want 0 and %d", left, over.Load(), callers-credits)
 	}
 	return outOfAttempts.Load()
+}
+
+// A node cut off from the cluster refuses COMMIT and ROLLBACK alike (1047),
+// and the transaction stays open on its connection: back in the pool, the
+// next BEGIN on it would commit it after all (seen here before the fix).
+// WithRetryTx closes such a connection instead, so the server rolls the
+// transaction back, and the caller's error is the whole truth.
+func TestGaleraNodeNotReadyCommits(t *testing.T) {
+	c := galera(t)
+	name := newDatabase(t, c.Nodes[0].DSN(""))
+	node3 := open(t, c.Nodes[2].DSN(name))
+	node3.SetMaxOpenConns(1) // the next transaction gets the same connection, unless it was closed
+	admin := open(t, c.Nodes[2].DSN(""))
+	check := open(t, c.Nodes[0].DSN(name)+"&wsrep_sync_wait=1")
+	ctx := context.Background()
+	if _, err := check.Exec(`CREATE TABLE t (id INT PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	count(t, open(t, c.Nodes[2].DSN(name)+"&wsrep_sync_wait=1"), `SELECT COUNT(*) FROM t`) // node 3 has the table
+	ready := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for {
+			var name, v string
+			if err := admin.QueryRow(`SHOW STATUS LIKE 'wsrep_ready'`).Scan(&name, &v); err == nil && v == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node 3 never became wsrep_ready=%s", want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	_, err := keystore.WithRetryTx(ctx, node3, func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO t VALUES (1)`); err != nil {
+			return struct{}{}, err
+		}
+		if _, err := admin.Exec(`SET GLOBAL wsrep_provider_options='gmcast.isolate=1'`); err != nil {
+			return struct{}{}, err
+		}
+		ready("OFF")
+		return struct{}{}, nil
+	}, keystore.MaxAttempts(1))
+	if _, err := admin.Exec(`SET GLOBAL wsrep_provider_options='gmcast.isolate=0'`); err != nil {
+		t.Fatal(err)
+	}
+	ready("ON")
+	rejoin, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := c.WaitSynced(rejoin); err != nil {
+		t.Fatal(err)
+	}
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) || me.Number != 1047 || errors.Is(err, keystore.ErrAmbiguousCommit) {
+		t.Fatalf("COMMIT on a node cut off: %v; want error 1047, not ambiguous", err)
+	}
+	if n := count(t, admin, `SELECT COUNT(*) FROM information_schema.innodb_trx`); n != 0 {
+		t.Fatalf("%d transactions still open on node 3", n)
+	}
+	if _, err := keystore.WithRetryTx(ctx, node3, func(ctx context.Context, tx *sqlx.Tx) (sql.Result, error) {
+		return tx.ExecContext(ctx, `INSERT INTO t VALUES (2)`)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, check, `SELECT COUNT(*) FROM t WHERE id = 1`); n != 0 {
+		t.Fatal("the transaction whose COMMIT failed was applied later")
+	}
+	if n := count(t, check, `SELECT COUNT(*) FROM t WHERE id = 2`); n != 1 {
+		t.Fatal("the next transaction on node 3 was not applied")
+	}
 }
 
 // galeraAttempts is what a cluster user sets for keys spent from several
