@@ -44,16 +44,6 @@ func storeOn(t testing.TB, dsn string, maxOpen int, opts ...keystore.Option) (*k
 	return s, db
 }
 
-// count runs a SELECT COUNT(*) query.
-func count(t testing.TB, db *sqlx.DB, query string, args ...any) int {
-	t.Helper()
-	var n int
-	if err := db.Get(&n, query, args...); err != nil {
-		t.Fatalf("%s: %v", query, err)
-	}
-	return n
-}
-
 var allTables = []string{"keystore_identities", "keystore_keys", "keystore_permissions", "keystore_roles",
 	"keystore_key_permissions", "keystore_key_roles",
 	"keystore_role_permissions", "keystore_audit_events"}
@@ -94,10 +84,11 @@ func events(t testing.TB, db *sqlx.DB, workspaceID string) []string {
 	return out
 }
 
-// parallel and failOnErrors: see testutil.
+// parallel, failOnErrors and count: see testutil.
 var (
 	parallel     = testutil.Parallel
 	failOnErrors = testutil.FailOnErrors
+	count        = testutil.Count
 )
 
 // short reports whether to run the reduced version of long tests.

@@ -94,20 +94,11 @@ func open(t testing.TB, dsn string) *sqlx.DB {
 	return db
 }
 
-// count runs a SELECT COUNT(*) query.
-func count(t testing.TB, db *sqlx.DB, query string, args ...any) int {
-	t.Helper()
-	var n int
-	if err := db.Get(&n, query, args...); err != nil {
-		t.Fatalf("%s: %v", query, err)
-	}
-	return n
-}
-
-// parallel and failOnErrors: see testutil.
+// parallel, failOnErrors and count: see testutil.
 var (
 	parallel     = testutil.Parallel
 	failOnErrors = testutil.FailOnErrors
+	count        = testutil.Count
 )
 
 // newStore returns a Store on db with opts, after migrating.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/jmoiron/sqlx"
 )
 
 // Parallel runs f(i) for i in [0, n) in n goroutines released together and
@@ -45,4 +47,15 @@ func FailOnErrors(t testing.TB, errs []error) {
 	if len(errs) > 0 {
 		t.FailNow()
 	}
+}
+
+// Count runs a query that returns one number, such as SELECT COUNT(*), and
+// fails the test if it cannot.
+func Count(t testing.TB, db *sqlx.DB, query string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := db.Get(&n, query, args...); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n
 }
