@@ -9,7 +9,7 @@
 // runs both races on the same server.
 //
 //	go run ./examples/race                     # starts a throwaway MariaDB
-//	go run ./examples/race -n 200
+//	go run ./examples/race -n 200 -naive-rounds 10
 //	KEYSTORE_DSN='root@tcp(127.0.0.1:3306)/' go run ./examples/race
 //
 // With no database in the DSN it creates and uses keystore_demo. It exits
@@ -52,10 +52,11 @@ func main() {
 
 func run() error {
 	n := flag.Int("n", 64, "number of concurrent CreateKey calls")
+	rounds := flag.Int("naive-rounds", 5, "how many times the naive code runs the race (its failures vary from race to race)")
 	dsnFlag := flag.String("dsn", "", "go-sql-driver/mysql DSN of the server to use\n(default $KEYSTORE_DSN; if both are empty, a throwaway MariaDB is started)")
 	flag.Parse()
-	if *n < 1 {
-		return errors.New("-n must be at least 1")
+	if *n < 1 || *rounds < 1 {
+		return errors.New("-n and -naive-rounds must be at least 1")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop() // Ctrl-C cancels ctx, run returns, and the deferred calls below still run
@@ -139,20 +140,33 @@ func run() error {
 	fmt.Printf("  retries: %d\n", retries.Load())
 	fmt.Printf("  elapsed %v, %.0f keys/s\n", elapsed.Round(time.Millisecond), float64(*n)/elapsed.Seconds())
 
-	// 5. For contrast: the same race through the incident's code path.
-	naiveExternalID := "naive-customer-" + suffix
-	fmt.Printf("\nnaive find-then-insert, no retry: %d goroutines, one new externalId %q\n", *n, naiveExternalID)
-	naiveErrs, elapsed := race(*n, func(int) error {
-		return naiveCreateKey(ctx, db, workspaceID, naiveExternalID)
-	})
-	naiveFailed, naiveFailures := summarize(naiveErrs)
-	fmt.Printf("  calls %d, succeeded %d, failed %d%s\n", *n, *n-naiveFailed, naiveFailed, naiveFailures)
-	naiveIdentities, err := countRows(ctx, db, `SELECT COUNT(*) FROM keystore_identities
-		WHERE workspace_id = ? AND external_id = ?`, workspaceID, naiveExternalID)
-	if err != nil {
-		return fmt.Errorf("counting identities: %w", err)
+	// 5. For contrast: the same race through the incident's code path, a few
+	//    times, each on a new externalId: how many callers lose depends on
+	//    how the goroutines happen to be scheduled.
+	fmt.Printf("\nnaive find-then-insert, no retry: %d races of %d goroutines, each on a new externalId\n", *rounds, *n)
+	var naiveErrs []error
+	var perRace []string
+	var naiveElapsed time.Duration
+	naiveIdentities := 0
+	for r := range *rounds {
+		naiveExternalID := fmt.Sprintf("naive-customer-%s-%d", suffix, r)
+		errs, elapsed := race(*n, func(int) error {
+			return naiveCreateKey(ctx, db, workspaceID, naiveExternalID)
+		})
+		failed, _ := summarize(errs)
+		perRace = append(perRace, fmt.Sprint(failed))
+		naiveErrs, naiveElapsed = append(naiveErrs, errs...), naiveElapsed+elapsed
+		rows, err := countRows(ctx, db, `SELECT COUNT(*) FROM keystore_identities
+			WHERE workspace_id = ? AND external_id = ?`, workspaceID, naiveExternalID)
+		if err != nil {
+			return fmt.Errorf("counting identities: %w", err)
+		}
+		naiveIdentities += rows
 	}
-	fmt.Printf("  identity rows in the database: %d; elapsed %v\n", naiveIdentities, elapsed.Round(time.Millisecond))
+	naiveFailed, naiveFailures := summarize(naiveErrs)
+	fmt.Printf("  calls %d, succeeded %d, failed %d%s\n", len(naiveErrs), len(naiveErrs)-naiveFailed, naiveFailed, naiveFailures)
+	fmt.Printf("  failed per race: %s\n", strings.Join(perRace, ", "))
+	fmt.Printf("  identity rows in the database: %d (one per race); elapsed %v\n", naiveIdentities, naiveElapsed.Round(time.Millisecond))
 
 	// 6. Read one of keystore's keys back. The plaintext was returned once by
 	//    CreateKey and is not stored; Start is the part that is safe to show.
