@@ -22,6 +22,12 @@
 // *[ValidationError] naming the field), [ErrNotFound], [ErrRetriesExhausted]
 // and [ErrAmbiguousCommit].
 //
+// Reads that may be as stale as a replica's lag can go to a read replica
+// ([WithReplica]); writes and credit spends never do, and a replica that
+// misses, fails or hangs costs a bounded wait, never an error. Galera
+// clusters and TiDB/Vitess error numbers are handled; see the README's
+// Compatibility section for what was tested.
+//
 // For tests against a real server, see package
 // github.com/idsafe/keystore/keystoretest.
 package keystore
