@@ -63,8 +63,8 @@ func WithoutAudit() Option {
 // New returns a Store on db, the primary (read-write) server. It does no I/O;
 // call [Store.Migrate] once to create the schema. Make one Store per pool
 // and keep it for the pool's life: it remembers owners it has seen and
-// keeps VerifyKey's lookup prepared on the pool (and on the replica's), and
-// a Store made per request would leave prepared statements behind.
+// keeps VerifyKey's lookup prepared on the pool (and on the replica's) until
+// [Store.Close].
 //
 // The DSN of db should set interpolateParams=true (one round trip per
 // statement instead of three). parseTime may be on or off.
@@ -102,6 +102,14 @@ func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *s
 // read back, after get-or-creates, rows that racing transactions committed
 // after this one's first read (a REPEATABLE READ snapshot would hide them).
 var readCommitted = TxOptions(&sql.TxOptions{Isolation: sql.LevelReadCommitted})
+
+// Close releases what the Store keeps on the server: the statements it
+// prepared on the pools (one per pool and connection). It does not close
+// the pools, which belong to the caller. A Store stays usable after Close,
+// preparing again when it needs to; Close is for a Store that is done.
+func (s *Store) Close() error {
+	return s.prepared.close()
+}
 
 // clock returns the Store's current time in UTC, at the microsecond
 // precision the schema stores.

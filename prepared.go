@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -23,6 +24,19 @@ type preparedStatements struct {
 type preparedKey struct {
 	db    *sqlx.DB
 	query string
+}
+
+// close closes every statement; the next get prepares anew.
+func (p *preparedStatements) close() error {
+	p.mu.Lock()
+	stmts := p.stmts
+	p.stmts = nil
+	p.mu.Unlock()
+	var errs []error
+	for _, stmt := range stmts {
+		errs = append(errs, stmt.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // get returns query prepared on db. A failed prepare is not remembered: the

@@ -279,3 +279,33 @@ func TestVerifyKeyOfDeletedIdentity(t *testing.T) {
 		t.Fatalf("the key was adopted by the new identity %s", v.IdentityID)
 	}
 }
+
+// VerifyKey's prepared lookup is released by Close, and prepared again after.
+func TestCloseReleasesPreparedStatements(t *testing.T) {
+	s, db := storeOn(t, keystoretest.DSN(t), 1)
+	ctx := context.Background()
+	c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prepared := func() int {
+		var name string
+		var n int
+		if err := db.QueryRow(`SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'`).Scan(&name, &n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := prepared()
+	verify(t, s, c.Key, 1)
+	if n := prepared(); n != before+1 {
+		t.Fatalf("%d prepared statements after VerifyKey, want %d", n, before+1)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := prepared(); n != before {
+		t.Fatalf("%d prepared statements after Close, want %d", n, before)
+	}
+	verify(t, s, c.Key, 1) // prepares again
+}
