@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jmoiron/sqlx"
 )
@@ -42,14 +43,28 @@ func (s *Store) UpdateIdentity(ctx context.Context, req UpdateIdentityRequest) (
 			return Identity{}, err
 		}
 		sets, args := "updated_at = ?", []any{utc(now)}
+		var keySets []string
+		var keyArgs []any
 		if req.Meta.Present() {
 			sets, args = sets+", meta = ?", append(args, meta)
+			keySets, keyArgs = append(keySets, "owner_meta = ?"), append(keyArgs, meta)
 		}
 		if req.Ratelimits.Present() {
-			sets, args = sets+", ratelimits = ?", append(args, ratelimitsValue(valueOrZero(req.Ratelimits)))
+			rl := ratelimitsValue(valueOrZero(req.Ratelimits))
+			sets, args = sets+", ratelimits = ?", append(args, rl)
+			keySets, keyArgs = append(keySets, "owner_ratelimits = ?"), append(keyArgs, rl)
 		}
 		if err := exec(ctx, tx, "update identity", `UPDATE keystore_identities SET `+sets+` WHERE id = ?`, append(args, id)...); err != nil {
 			return Identity{}, err
+		}
+		// The copies on its keys, under the identity's exclusive lock: a
+		// key being created for it holds a shared one and is rewritten
+		// here once it has committed (see insertOwnedKey).
+		if len(keySets) > 0 {
+			if err := exec(ctx, tx, "update keys of identity", `UPDATE keystore_keys SET `+strings.Join(keySets, ", ")+
+				` WHERE identity_id = ?`, append(keyArgs, id)...); err != nil {
+				return Identity{}, err
+			}
 		}
 		if err := s.writeAudit(ctx, tx, now, req.WorkspaceID, audit{event: EventIdentityUpdate, identityID: id}); err != nil {
 			return Identity{}, err
@@ -101,6 +116,13 @@ func (s *Store) DeleteIdentity(ctx context.Context, workspaceID, externalID stri
 		}
 		err = exec(ctx, tx, "delete identity", `UPDATE keystore_identities
 			SET live = NULL, ratelimits = NULL, deleted_at = ?, updated_at = ? WHERE id = ?`, utc(now), utc(now), id)
+		if err != nil {
+			return struct{}{}, err
+		}
+		// Its keys keep identity_id (for the audit trail) and lose the
+		// copies that make them read as owned.
+		err = exec(ctx, tx, "unlink keys of identity", `UPDATE keystore_keys
+			SET owner_external_id = NULL, owner_meta = NULL, owner_ratelimits = NULL WHERE identity_id = ?`, id)
 		if err != nil {
 			return struct{}{}, err
 		}

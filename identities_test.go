@@ -366,6 +366,7 @@ func deleteWhileCreating(t *testing.T, duration, pause time.Duration) {
 	t.Logf("%d keys created, %d identities deleted; %d retries, %d of them deadlocks; at most %d retries in one call",
 		createdKeys.Load(), deletes.Load(), retries.Load(), deadlocks.Load(), mostRetries.Load())
 	checkIdentityInvariants(t, s, db, createdKeys.Load(), deletes.Load(), maxLive.Load())
+	checkOwnerCopies(t, db)
 	failOnErrors(t, errs)
 	if deletes.Load() < 5 || createdKeys.Load() < 50 {
 		t.Fatalf("too little contention to prove anything: %d deletes, %d keys", deletes.Load(), createdKeys.Load())
@@ -428,5 +429,61 @@ func checkIdentityInvariants(t *testing.T, s *keystore.Store, db *sqlx.DB, creat
 	}
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_audit_events WHERE event = 'key.create'`); int64(n) != createdKeys {
 		t.Errorf("%d key.create events, %d keys", n, createdKeys)
+	}
+}
+
+// UpdateIdentity racing keys being created for, and linked to, the same
+// identity: every key ends with the identity's final meta and ratelimits,
+// and deleting it then leaves every key unowned.
+func TestUpdateIdentityRacingKeys(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if _, err := s.EnsureIdentity(ctx, "ws", "busy"); err != nil {
+		t.Fatal(err)
+	}
+	unowned := make([]string, 16)
+	for i := range unowned {
+		c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		unowned[i] = c.KeyID
+	}
+	failOnErrors(t, parallel(40, func(i int) error {
+		switch {
+		case i < 8: // updaters
+			_, err := s.UpdateIdentity(ctx, keystore.UpdateIdentityRequest{WorkspaceID: "ws", ExternalID: "busy",
+				Meta:       keystore.Set(map[string]any{"round": i}),
+				Ratelimits: keystore.Set([]keystore.Ratelimit{{Name: "rpm", Limit: int64(i + 1), Duration: time.Minute}})})
+			return err
+		case i < 24: // creators
+			_, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "busy"})
+			return err
+		default: // linkers
+			_, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: unowned[i-24], ExternalID: keystore.Set("busy")})
+			return err
+		}
+	}))
+	checkOwnerCopies(t, db)
+	identity, err := s.FindIdentity(ctx, "ws", "busy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := s.ListKeys(ctx, keystore.ListKeysRequest{WorkspaceID: "ws", ExternalID: "busy", Limit: 100})
+	if err != nil || len(page.Items) != 32 {
+		t.Fatalf("ListKeys of the identity: %d keys, %v; want 32", len(page.Items), err)
+	}
+	for _, k := range page.Items {
+		got, err := s.GetKey(ctx, "ws", k.ID)
+		if err != nil || got.ExternalID != "busy" || got.IdentityID != identity.ID {
+			t.Fatalf("key %s reads as owned by %q/%q, %v", k.ID, got.ExternalID, got.IdentityID, err)
+		}
+	}
+	if err := s.DeleteIdentity(ctx, "ws", "busy"); err != nil {
+		t.Fatal(err)
+	}
+	checkOwnerCopies(t, db)
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE owner_external_id IS NOT NULL`); n != 0 {
+		t.Fatalf("%d keys still read as owned after the delete", n)
 	}
 }

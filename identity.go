@@ -90,10 +90,13 @@ func insertIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID
 // there: a racing creator won, or it existed all along; either way it has
 // committed. A plain SELECT could read a snapshot that misses it; the
 // locking read sees it. It finds nothing only if the identity was deleted
-// since: running the transaction again creates it anew.
+// since: running the transaction again creates it anew. The row has ID,
+// WorkspaceID, ExternalID and the owner copies (see ownerCopy).
 func readIdentityAfterDuplicate(ctx context.Context, tx *sqlx.Tx, workspaceID, externalID string) (identityRow, error) {
 	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
-	err := tx.GetContext(ctx, &found.ID, selectIdentityID+" LOCK IN SHARE MODE", workspaceID, externalID)
+	err := tx.QueryRowxContext(ctx, `SELECT id, meta, ratelimits FROM keystore_identities
+		WHERE workspace_id = ? AND external_id = ? AND live = 1 LOCK IN SHARE MODE`, workspaceID, externalID).
+		Scan(&found.ID, &found.rawMeta, &found.rawRatelimits)
 	if errors.Is(err, sql.ErrNoRows) {
 		return found, fmt.Errorf("keystore: identity deleted after a duplicate: %w", errConcurrentChange)
 	}
@@ -103,24 +106,37 @@ func readIdentityAfterDuplicate(ctx context.Context, tx *sqlx.Tx, workspaceID, e
 	return found, nil
 }
 
-// insertOwnedKey inserts the key row (cols in keyColumns order, identity_id
-// left unset) owned by the live identity of externalID, creating the
-// identity when there is none, and returns the identity.
+// ownerCopy returns the values of a key's owner columns (identity_id,
+// owner_external_id, owner_meta, owner_ratelimits) for the identity r
+// (found by this package's write path, or created: no meta or ratelimits
+// yet), or for no owner when r is nil.
+func ownerCopy(r *identityRow) []any {
+	if r == nil {
+		return []any{nil, nil, nil, nil}
+	}
+	return []any{r.ID, r.ExternalID, r.rawMeta, r.rawRatelimits}
+}
+
+// insertOwnedKey inserts the key row (cols in keyColumns order, owner
+// columns left unset) owned by the live identity of externalID, creating
+// the identity when there is none, and returns the identity.
 //
 // It is ensureIdentity with the read folded into the key's INSERT ...
-// SELECT, which saves the statement of the read:
+// SELECT, which saves the statement of the read and copies the owner's
+// external id, meta and ratelimits onto the key as it reads them:
 //   - an identity the Store has linked a key to before (s.hints): the INSERT
 //     reads it by its id, one statement in all. If it is gone, the INSERT
 //     inserts nothing and the steps below follow.
 //   - otherwise the identity's INSERT goes first: a new identity costs one
 //     statement and the key's INSERT one more. If the identity exists
-//     (1062), the key's INSERT reads it under a shared lock, which sees the
-//     committed winner, and returns its id with RETURNING (MariaDB 10.5+).
-//     A server without RETURNING (MySQL) answers with a parse error, which
-//     rolls back only that statement; the Store then reads the id first.
+//     (1062), the key's INSERT reads it and returns its id with RETURNING
+//     (MariaDB 10.5+). A server without RETURNING (MySQL, Vitess) answers
+//     with a syntax error, which rolls back only that statement; the Store
+//     then reads the identity first.
 //
-// Under REPEATABLE READ an INSERT ... SELECT share-locks the rows it reads,
-// so a found identity is share-locked here, unlike in ensureIdentity.
+// The INSERT ... SELECT reads the identity row under a shared lock, so the
+// copies are those of the committed identity, and an UpdateIdentity or
+// DeleteIdentity that rewrites its keys' copies waits for this key.
 func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, cols []any) (identityRow, error) {
 	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
 	if id, ok := s.hints.get(workspaceID, externalID); ok {
@@ -147,7 +163,7 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 	}
 	created, err := insertIdentity(ctx, tx, now, workspaceID, externalID)
 	if err == nil {
-		cols[keyOwnerColumn] = created.ID
+		copy(cols[keyOwnerColumn:], ownerCopy(&created))
 		return created, insertKey(ctx, tx, cols)
 	}
 	if !IsDuplicateKey(err) {
@@ -169,14 +185,14 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 	if found, err = readIdentityAfterDuplicate(ctx, tx, workspaceID, externalID); err != nil {
 		return found, err
 	}
-	cols[keyOwnerColumn] = found.ID
+	copy(cols[keyOwnerColumn:], ownerCopy(&found))
 	return found, insertKey(ctx, tx, cols)
 }
 
 // insertKeyOwnedByID inserts the key row owned by identity id if that
 // identity is live, and reports whether it was.
 func insertKeyOwnedByID(ctx context.Context, tx *sqlx.Tx, cols []any, id string) (bool, error) {
-	res, err := tx.ExecContext(ctx, insertKeyOwnedBy+`id = ? AND live = 1`, append(withoutOwner(cols), id)...)
+	res, err := tx.ExecContext(ctx, insertKeyOwnedBy+`id = ? AND live = 1 LOCK IN SHARE MODE`, append(withoutOwner(cols), id)...)
 	if err != nil {
 		return false, fmt.Errorf("keystore: insert key: %w", err)
 	}
@@ -184,20 +200,28 @@ func insertKeyOwnedByID(ctx context.Context, tx *sqlx.Tx, cols []any, id string)
 	return n == 1, err
 }
 
-// keyOwnerColumn is the position of identity_id in keyColumns.
+// keyOwnerColumn is the position of identity_id in keyColumns; the owner
+// copies follow it.
 const keyOwnerColumn = 6
 
-// insertKeyOwnedBy inserts a key row whose identity_id is the id of the
+// ownerColumnNames are a key's owner columns, in keyColumns order.
+var ownerColumnNames = []string{"identity_id", "owner_external_id", "owner_meta", "owner_ratelimits"}
+
+// ownerColumns are what insertKeyOwnedBy selects from keystore_identities
+// for identity_id and the owner copies.
+var ownerColumns = []string{"id", "external_id", "meta", "ratelimits"}
+
+// insertKeyOwnedBy inserts a key row whose owner columns are read from the
 // identity row that the WHERE clause appended to it finds; its arguments
 // are withoutOwner(cols), then the WHERE clause's.
 var insertKeyOwnedBy = func() string {
 	marks := strings.Split(placeholders(strings.Count(keyColumns, ",")+1), ", ")
-	marks[keyOwnerColumn] = "id"
+	copy(marks[keyOwnerColumn:], ownerColumns)
 	return `INSERT INTO keystore_keys (` + keyColumns + `) SELECT ` + strings.Join(marks, ", ") + ` FROM keystore_identities WHERE `
 }()
 
 func withoutOwner(cols []any) []any {
-	return append(slices.Clone(cols[:keyOwnerColumn]), cols[keyOwnerColumn+1:]...)
+	return append(slices.Clone(cols[:keyOwnerColumn]), cols[keyOwnerColumn+len(ownerColumns):]...)
 }
 
 // selectIdentityID finds the id of a live identity: the first statement of

@@ -44,7 +44,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 
 	identityID, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (string, error) {
 		cols := []any{keyID, req.WorkspaceID, req.KeySpaceID, hash, start, nullString(req.Name),
-			nil, meta, nullableUTC(req.Expires), !req.Disabled}
+			nil, nil, nil, nil, meta, nullableUTC(req.Expires), !req.Disabled}
 		cols = append(cols, creditColumns(req.Credits, now)...)
 		cols = append(cols, jsonList(permissions), jsonList(roles), ratelimitsValue(req.Ratelimits), utc(now), utc(now))
 		events := []audit{{event: EventKeyCreate, keyID: keyID}}
@@ -91,7 +91,8 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 	return CreatedKey{KeyID: keyID, Key: plaintext, IdentityID: identityID}, nil
 }
 
-const keyColumns = `id, workspace_id, key_space_id, hash, start, name, identity_id, meta, expires,
+const keyColumns = `id, workspace_id, key_space_id, hash, start, name,
+	identity_id, owner_external_id, owner_meta, owner_ratelimits, meta, expires,
 	enabled, remaining, refill_interval, refill_amount, refill_day, refilled_at, permissions, roles, ratelimits,
 	created_at, updated_at`
 
@@ -174,7 +175,8 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 				events = append(events, audit{event: EventIdentityCreate, identityID: identity.ID})
 			}
 			events[0].identityID = identity.ID
-			sets, args = append([]string{"identity_id = ?"}, sets...), append([]any{identity.ID}, args...)
+			sets = append([]string{"identity_id = ?", "owner_external_id = ?", "owner_meta = ?", "owner_ratelimits = ?"}, sets...)
+			args = append(ownerCopy(&identity), args...)
 		}
 		if req.Permissions.Present() {
 			slugs := sortedUnique(valueOrZero(req.Permissions))
@@ -255,7 +257,9 @@ func keyUpdate(req UpdateKeyRequest, now time.Time) (columnUpdate, error) {
 		u.set("name", nullString(valueOrZero(req.Name)))
 	}
 	if req.ExternalID.IsNull() {
-		u.set("identity_id", nil)
+		for i, v := range ownerCopy(nil) {
+			u.set(ownerColumnNames[i], v)
+		}
 	}
 	if req.Meta.Present() {
 		meta, err := metaValue(valueOrZero(req.Meta))

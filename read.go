@@ -86,6 +86,9 @@ type identityRow struct {
 	UpdatedAt   dbTime                      `db:"updated_at"`
 	Ratelimits  jsonColumn[[]ratelimitJSON] `db:"ratelimits"`
 	created     bool
+	// rawMeta and rawRatelimits are meta and ratelimits as stored, for the
+	// owner copies of keys (see ownerCopy); set by the write path only.
+	rawMeta, rawRatelimits sql.NullString
 }
 
 func (r identityRow) identity() Identity {
@@ -117,13 +120,14 @@ type keyRow struct {
 }
 
 // selectKeyFrom is the SELECT list and FROM clause of every key read: the
-// key with its sets (kept on its row, see sets.go) and its live owner, one
-// row per key, so a key or a page of keys is one index lookup and one join.
-// Callers append a WHERE clause over k.
-const selectKeyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name, i.id AS identity_id,
-	i.external_id, k.meta, k.expires, k.enabled, k.remaining, k.refill_interval,
+// key with its sets and its live owner's copies (both kept on its row, see
+// sets.go and ownerCopy), so a key or a page of keys is one index lookup and
+// no join. Callers append a WHERE clause over k.
+const selectKeyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name,
+	IF(k.owner_external_id IS NULL, NULL, k.identity_id) AS identity_id, k.owner_external_id AS external_id,
+	k.meta, k.expires, k.enabled, k.remaining, k.refill_interval,
 	k.refill_amount, k.refill_day, k.created_at, k.updated_at, k.permissions, k.roles, k.ratelimits
-FROM keystore_keys k LEFT JOIN keystore_identities i ON i.id = k.identity_id AND i.live = 1 `
+FROM keystore_keys k `
 
 const selectKey = selectKeyFrom + `WHERE k.id = ? AND k.workspace_id = ? AND k.deleted_at IS NULL`
 

@@ -220,12 +220,13 @@ type verifyRow struct {
 }
 
 // selectVerifyFrom reads what a verification returns and nothing else,
-// with the key's sets from its row and its live owner by primary key.
+// with the key's sets and its live owner's copies from its row: no join.
 // verifyRow.scan reads these columns by position: change both together.
-const selectVerifyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, i.id, i.external_id, k.meta, k.expires,
+const selectVerifyFrom = `SELECT k.id, k.workspace_id, k.key_space_id,
+	IF(k.owner_external_id IS NULL, NULL, k.identity_id), k.owner_external_id, k.meta, k.expires,
 	k.enabled, k.remaining, k.refill_interval, k.refill_amount, k.refill_day, k.refilled_at, k.deleted_at,
-	k.permissions, k.roles, k.ratelimits, i.meta, i.ratelimits
-FROM keystore_keys k LEFT JOIN keystore_identities i ON i.id = k.identity_id AND i.live = 1 `
+	k.permissions, k.roles, k.ratelimits, k.owner_meta, k.owner_ratelimits
+FROM keystore_keys k `
 
 const (
 	selectVerify     = selectVerifyFrom + `WHERE k.hash = ?`

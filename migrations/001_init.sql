@@ -31,6 +31,13 @@ CREATE TABLE IF NOT EXISTS keystore_keys (
   start           VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
   name            VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
   identity_id     VARCHAR(64)  CHARACTER SET ascii COLLATE ascii_bin NULL,
+  -- Copies of the owner's external id, meta and ratelimits while it is live
+  -- (NULL external id: no live owner), so that reads of a key need no join.
+  -- Every transaction that links a key or changes or deletes an identity
+  -- rewrites them (identity.go, identities.go).
+  owner_external_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  owner_meta      LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+  owner_ratelimits LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
   meta            LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
   expires         DATETIME(6) NULL,
   enabled         TINYINT NOT NULL,
