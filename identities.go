@@ -14,7 +14,9 @@ import (
 // req.ExternalID and returns it as committed. Meta: Set replaces, Null
 // clears. Ratelimits: Set replaces the whole set, Null or Set of an empty
 // slice clears it. The identity row is locked first, so concurrent updates
-// of one identity apply one after the other.
+// of one identity apply one after the other. A change of Meta or
+// Ratelimits is copied onto every key of the identity in the same
+// transaction (one UPDATE; keys carry their owner's, see insertOwnedKey).
 //
 // UpdateIdentity never creates an identity (use [Store.EnsureIdentity]):
 // updating one that does not exist is more likely a caller's mistake than a
@@ -95,7 +97,8 @@ func (r *UpdateIdentityRequest) validate() error {
 // same transaction. Its keys stay valid and lose their owner: every read
 // (GetKey, ListKeys, VerifyKey) reports them with IdentityID and ExternalID
 // "". Their rows keep the old identity id, so the audit trail can still tell
-// whose they were. One identity.delete event is written.
+// whose they were; the copies of the owner they carry are cleared in the
+// same transaction (one UPDATE). One identity.delete event is written.
 //
 // A CreateKey for externalID that overlaps the delete either links the old
 // identity (and its key is unowned, as if it was created just before the

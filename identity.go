@@ -34,14 +34,16 @@ import (
 // identity) and with the seed's shapes.
 //
 // CreateKey folds the read into the key's own INSERT ... SELECT (see
-// insertOwnedKey), which saves a statement and, under REPEATABLE READ (the
-// default), share-locks the identity row it read: on one server a
-// DeleteIdentity then waits for the keys being created instead of racing
-// them (on a Galera cluster, locks are per node). Keys do not otherwise
-// hold their owner: a key linked to an identity that was deleted later
-// reads as unowned, because every read joins only live identities and
-// DeleteIdentity leaves links alone. That is exactly the state of the serial
-// order "key created, then identity deleted".
+// insertOwnedKey), which saves a statement, copies the owner's external id,
+// meta and ratelimits onto the key (so that reads of keys need no join),
+// and share-locks the identity row it read: on one server an UpdateIdentity
+// or DeleteIdentity, which rewrite those copies on every key of the
+// identity under its exclusive lock, waits for the keys being created
+// instead of missing them (on a Galera cluster, locks are per node and a
+// conflict between nodes aborts one side, which is retried). A key whose
+// identity was deleted keeps its identity_id and loses the copies: it reads
+// as unowned, exactly the state of the serial order "key created, then
+// identity deleted".
 
 // ensureIdentity returns the live identity of externalID in workspaceID,
 // creating it when there is none (then the row has created set). A found
