@@ -303,7 +303,7 @@ func TestGaleraNodeKilled(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		c.Nodes[2].Kill()
 		close(killed)
-		time.Sleep(700 * time.Millisecond)
+		time.Sleep(8 * time.Second) // the cluster evicts the dead node after ~4 s; then the others go on
 		close(stop)
 	}()
 	var unexpected []error
@@ -360,8 +360,8 @@ func TestGaleraNodeKilled(t *testing.T) {
 	for _, err := range unexpected {
 		t.Errorf("unclassified error from the dead node: %v", err)
 	}
-	if survivorsOK.Load() == 0 {
-		t.Fatal("no key created on the surviving nodes after the kill")
+	if survivorsOK.Load() <= 16 { // 16 callers on the surviving nodes: each must go on after its first call
+		t.Fatalf("%d keys created on the surviving nodes after the kill: they did not go on", survivorsOK.Load())
 	}
 	db := env.dbs[0]
 	for _, k := range ok {
