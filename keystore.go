@@ -19,14 +19,16 @@ import (
 // conditional UPDATE), so concurrent callers all succeed and nothing is
 // half-written.
 type Store struct {
-	db       *sqlx.DB
-	now      func() time.Time
-	log      *slog.Logger
-	retry    []RetryOption
-	noAudit  bool
-	hints    identityHints
-	replica  *replica // nil: none
-	prepared preparedStatements
+	db    *sqlx.DB
+	now   func() time.Time
+	log   *slog.Logger
+	retry []RetryOption
+	// spendRetry is retry applied once, for VerifyKey's credit spends.
+	spendRetry retryConfig
+	noAudit    bool
+	hints      identityHints
+	replica    *replica // nil: none
+	prepared   preparedStatements
 	// noReturning is set once the server rejected INSERT ... RETURNING.
 	noReturning atomic.Bool
 }
@@ -89,6 +91,7 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 		s.log.Debug("keystore: retrying transaction", "attempt", attempt, "err", err)
 	})
 	s.retry = append([]RetryOption{logRetry}, s.retry...)
+	s.spendRetry = newRetryConfig(s.retry)
 	return s, nil
 }
 
