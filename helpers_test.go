@@ -149,3 +149,13 @@ func checkOwnerCopies(t testing.TB, db *sqlx.DB) {
 		t.Errorf("%d keys whose owner copies differ from their live identity", n)
 	}
 }
+
+// serverStatus reads a counter of SHOW STATUS in scope (SESSION or GLOBAL).
+func serverStatus(t testing.TB, db *sqlx.DB, scope, name string) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRow(`SHOW `+scope+` STATUS LIKE ?`, name).Scan(new(string), &n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

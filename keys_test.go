@@ -287,17 +287,9 @@ func TestValidationWritesNothing(t *testing.T) {
 // must use db (a pool of one connection, so the session counter is f's).
 func statements(t testing.TB, db *sqlx.DB, f func()) int {
 	t.Helper()
-	questions := func() int {
-		var name string
-		var n int
-		if err := db.QueryRow(`SHOW SESSION STATUS LIKE 'Questions'`).Scan(&name, &n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-	before := questions()
+	before := serverStatus(t, db, "SESSION", "Questions")
 	f()
-	return questions() - before - 1 // the second SHOW counts itself
+	return serverStatus(t, db, "SESSION", "Questions") - before - 1 // the second SHOW counts itself
 }
 
 // The statement budget of CreateKey: the seed's find-then-insert needs 4 with

@@ -288,14 +288,7 @@ func TestCloseReleasesPreparedStatements(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	prepared := func() int {
-		var name string
-		var n int
-		if err := db.QueryRow(`SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'`).Scan(&name, &n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	prepared := func() int { return serverStatus(t, db, "GLOBAL", "Prepared_stmt_count") }
 	before := prepared()
 	verify(t, s, c.Key, 1)
 	if n := prepared(); n != before+1 {
