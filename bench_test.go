@@ -119,6 +119,7 @@ func benchShapes() []benchShape {
 		{name: "seed-retry3+audit", fn: seedRetry3(true)},
 		{name: "upsert", fn: upsertRetry10},
 		{name: "floor", fn: floorInsert},
+		{name: "floor-identity", fn: floorIdentityInsert},
 	}
 }
 
@@ -196,6 +197,7 @@ func measured(b *testing.B, db *sqlx.DB, warm int, run func(timed func(i int, op
 	durs := make([]time.Duration, b.N)
 	errs := make([]error, b.N)
 	before := serverCounters(b, status)
+	client0, server0 := cpuTimes()
 	b.ResetTimer()
 	run(func(i int, op func() error) {
 		start := time.Now()
@@ -203,6 +205,7 @@ func measured(b *testing.B, db *sqlx.DB, warm int, run func(timed func(i int, op
 		durs[i] = time.Since(start)
 	})
 	b.StopTimer()
+	client1, server1 := cpuTimes()
 	after := serverCounters(b, status)
 
 	failed := 0
@@ -218,6 +221,10 @@ func measured(b *testing.B, db *sqlx.DB, warm int, run func(timed func(i int, op
 	b.ReportMetric(ms(percentile(durs, 0.50)), "p50-ms")
 	b.ReportMetric(ms(percentile(durs, 0.99)), "p99-ms")
 	b.ReportMetric(ms(percentile(durs, 1)), "max-ms")
+	b.ReportMetric(float64((client1-client0).Microseconds())/float64(b.N), "client-us/op")
+	if server1 > 0 {
+		b.ReportMetric(float64((server1-server0).Microseconds())/float64(b.N), "server-us/op")
+	}
 	return errs
 }
 
@@ -560,6 +567,22 @@ func floorInsert(ctx context.Context, db *sqlx.DB, workspace, _ string) error {
 	}
 	defer tx.Rollback()
 	if err := insertBenchKey(ctx, tx, workspace, nil); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func floorIdentityInsert(ctx context.Context, db *sqlx.DB, workspace, externalID string) error {
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	id, err := insertBenchIdentity(ctx, tx, workspace, externalID, false)
+	if err != nil {
+		return err
+	}
+	if err := insertBenchKey(ctx, tx, workspace, id); err != nil {
 		return err
 	}
 	return tx.Commit()

@@ -130,7 +130,7 @@ func splitShape(name string) (group, shape string) {
 
 func report(w io.Writer, runs []run) {
 	fmt.Fprint(w, "# Benchmarks\n\nMade by cmd/benchtable from go test -bench output: for each benchmark, the median of every\n"+
-		"metric over the runs, and the throughput of its first shape over each other shape as the median of\n"+
+		"metric over the runs, and the throughput of keystore's shapes (or the first) over each other shape as the median of\n"+
 		"the per-run ratios (with their range). `make bench` writes it from five interleaved runs.\n\n")
 	var groups []string
 	byGroup := map[string]map[string][]run{} // group -> shape -> runs, in input order
@@ -161,20 +161,39 @@ func report(w io.Writer, runs []run) {
 			}
 			fmt.Fprintln(w)
 		}
-		if len(shapes) > 1 {
-			first := shapes[0]
-			fmt.Fprintf(w, "\nThroughput of %s over each shape (median of per-run ratios, range):\n\n|", first)
-			for _, b := range shapes[1:] {
+		ours, others := splitOurs(shapes)
+		if len(others) > 0 {
+			fmt.Fprintf(w, "\nThroughput of each row over each column (median of per-run ratios, range):\n\n| |")
+			for _, b := range others {
 				fmt.Fprintf(w, " %s |", b)
 			}
-			fmt.Fprintf(w, "\n|%s\n|", strings.Repeat("---|", len(shapes)-1))
-			for _, b := range shapes[1:] {
-				fmt.Fprintf(w, " %s |", ratio(byGroup[g][first], byGroup[g][b]))
+			fmt.Fprintf(w, "\n|---|%s\n", strings.Repeat("---|", len(others)))
+			for _, a := range ours {
+				fmt.Fprintf(w, "| %s |", a)
+				for _, b := range others {
+					fmt.Fprintf(w, " %s |", ratio(byGroup[g][a], byGroup[g][b]))
+				}
+				fmt.Fprintln(w)
 			}
-			fmt.Fprintln(w)
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// splitOurs splits shapes into keystore's own (named keystore...; the first
+// shape when none is) and the others, in order.
+func splitOurs(shapes []string) (ours, others []string) {
+	for _, s := range shapes {
+		if strings.HasPrefix(s, "keystore") {
+			ours = append(ours, s)
+		} else {
+			others = append(others, s)
+		}
+	}
+	if len(ours) == 0 && len(others) > 0 {
+		ours, others = others[:1], others[1:]
+	}
+	return ours, others
 }
 
 // metricUnits lists the metrics other than ns/op that the runs report.
