@@ -33,7 +33,7 @@ import (
 // BenchmarkCreateKey. Every run gets a fresh database.
 func BenchmarkUpdateKeyLink(b *testing.B) {
 	for _, burst := range []int{1, 16, hotBurst} {
-		for _, sh := range linkShapes() {
+		for _, sh := range rotated(linkShapes()) {
 			b.Run(fmt.Sprintf("c=%d/shape=%s", burst, sh.name), func(b *testing.B) { benchUpdateKeyLink(b, burst, sh) })
 		}
 	}

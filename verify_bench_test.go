@@ -27,7 +27,7 @@ import (
 // goroutines. Metrics as in BenchmarkCreateKey.
 func BenchmarkVerifyKey(b *testing.B) {
 	for _, c := range []int{1, 16, 64} {
-		for _, shape := range []string{"verify-unlimited", "verify-credits", "bare-select-row", "bare-select-id"} {
+		for _, shape := range rotated([]string{"verify-unlimited", "verify-credits", "bare-select-row", "bare-select-id"}) {
 			if c == 64 && shape != "verify-credits" {
 				continue
 			}
