@@ -50,7 +50,7 @@ func newGaleraEnv(t *testing.T, opts ...keystore.Option) galeraEnv {
 		opts := append([]keystore.Option{keystore.WithRetryOptions(onRetry)}, opts...)
 		var s *keystore.Store
 		if i == 0 {
-			s = newStore(t, db, opts...) // migrates; DDL is applied on every node before it returns
+			s = newStore(t, db, opts...) // migrates
 		} else {
 			var err error
 			if s, err = keystore.New(db, opts...); err != nil {
@@ -59,6 +59,17 @@ func newGaleraEnv(t *testing.T, opts ...keystore.Option) galeraEnv {
 		}
 		env.stores = append(env.stores, s)
 		env.dbs = append(env.dbs, open(t, node.DSN(name)+"&wsrep_sync_wait=1"))
+	}
+	// The migration's DDL reaches the other nodes through their appliers,
+	// after it returned on the first: a test writing at once on another
+	// node once found a table missing there. A read with wsrep_sync_wait
+	// waits until its node has applied everything committed before it.
+	const tables = `SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()`
+	want := count(t, env.dbs[0], tables)
+	for i, db := range env.dbs {
+		if n := count(t, db, tables); n != want || n == 0 {
+			t.Fatalf("node %d has %d of the %d tables after the migration", i, n, want)
+		}
 	}
 	return env
 }

@@ -61,7 +61,7 @@ func galera(t testing.TB) *mariadb.Cluster {
 		defer cancel()
 		cluster, clusterErr = mariadb.StartGalera(ctx, 3)
 		if clusterErr == nil {
-			clusterErr = warmUp(ctx, cluster)
+			go watchStalls(cluster)
 		}
 	})
 	if clusterErr != nil {
@@ -118,48 +118,43 @@ func newStore(t testing.TB, db *sqlx.DB, opts ...keystore.Option) *keystore.Stor
 	return s
 }
 
-// warmUp returns once every node of c commits conflicting writes promptly.
-// Synced is not enough: in about one fresh cluster in fifteen, the writes
-// of one node stalled for up to a minute after the start (every attempt
-// waiting for a lock, then 1213 or 1205), while the other nodes went on.
-// Tests measure the cluster at work, so they start after that has passed:
-// rounds of 8 writers per node inserting one row, each round bounded by
-// 5 s, until three rounds in a row finish in time.
-func warmUp(ctx context.Context, c *mariadb.Cluster) error {
-	admin, err := sqlx.Open("mysql", c.Nodes[0].DSN(""))
+// watchStalls writes c.Diagnose to stderr (shown when a test fails, or
+// with -v) whenever a node has had a transaction open for 10 s or more: no
+// test transaction lasts that long, so it is a write stalled, and what
+// holds it shows while it does. At most once every 30 s, until the test
+// binary exits.
+func watchStalls(c *mariadb.Cluster) {
+	const limit = 10 // seconds
+	var last time.Time
+	for range time.Tick(2 * time.Second) {
+		oldest := 0
+		for _, n := range c.Nodes {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			age, _ := oldestTransaction(ctx, n) // a node killed by a test: 0
+			cancel()
+			oldest = max(oldest, age)
+		}
+		if oldest >= limit && time.Since(last) > 30*time.Second {
+			last = time.Now()
+			fmt.Fprintf(os.Stderr, "GALERA STALL: a transaction open for %d s; the cluster now:\n%s\n",
+				oldest, c.Diagnose(context.Background()))
+		}
+	}
+}
+
+// oldestTransaction returns the age in seconds of n's oldest open InnoDB
+// transaction (0 if none).
+func oldestTransaction(ctx context.Context, n *mariadb.Server) (int, error) {
+	if n.Pid() == 0 {
+		return 0, fmt.Errorf("node stopped")
+	}
+	db, err := sqlx.Open("mysql", n.DSN(""))
 	if err != nil {
-		return err
+		return 0, err
 	}
-	defer admin.Close()
-	if _, err := admin.ExecContext(ctx, `CREATE DATABASE IF NOT EXISTS warmup`); err != nil {
-		return err
-	}
-	if _, err := admin.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS warmup.t (id INT PRIMARY KEY, node INT)`); err != nil {
-		return err
-	}
-	var nodes []*sqlx.DB
-	for _, n := range c.Nodes {
-		db, err := sqlx.Open("mysql", n.DSN("warmup")+"&wsrep_sync_wait=1&innodb_lock_wait_timeout=5")
-		if err != nil {
-			return err
-		}
-		defer db.Close()
-		nodes = append(nodes, db)
-	}
-	for round, inTime := 0, 0; inTime < 3; round++ {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("warming up the Galera cluster: %w", err)
-		}
-		roundCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		parallel(8*len(nodes), func(i int) error { // conflicts between nodes (1213) are expected and ignored
-			_, err := nodes[i%len(nodes)].ExecContext(roundCtx, `INSERT IGNORE INTO t VALUES (?, ?)`, round, i%len(nodes))
-			return err
-		})
-		if inTime++; roundCtx.Err() != nil {
-			inTime = 0 // some write stalled past 5 s
-		}
-		cancel()
-	}
-	_, err = admin.ExecContext(ctx, `DROP DATABASE warmup`)
-	return err
+	defer db.Close()
+	var age int
+	err = db.GetContext(ctx, &age, `SELECT COALESCE(MAX(TIMESTAMPDIFF(SECOND, trx_started, NOW())), 0)
+		FROM information_schema.INNODB_TRX`)
+	return age, err
 }

@@ -93,6 +93,14 @@ func StartGalera(ctx context.Context, nodes int) (*Cluster, error) {
 			args: []string{
 				"--innodb-buffer-pool-size=64M",
 				"--max-connections=200",
+				// More than one applier: with one, a burst of conflicting
+				// writes on several nodes sometimes froze the cluster for
+				// a minute. The applier waited for a lock held by a local
+				// transaction at COMMIT, which waited to be certified
+				// after the write sets queued behind that same applier
+				// (a cycle that the brute-force abort did not break).
+				// Other appliers go on certifying those write sets.
+				"--wsrep-slave-threads=4",
 			},
 			prepare:      c.writeOptions(i),
 			runAs:        runAs,

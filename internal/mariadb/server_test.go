@@ -45,6 +45,28 @@ func TestStartQueryStop(t *testing.T) {
 	if err := db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
 		t.Fatal(err)
 	}
+
+	// Diagnose shows an open transaction, with the statement it waits on.
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE diag"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, "CREATE TABLE diag.t (id INT PRIMARY KEY) ENGINE=InnoDB"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO diag.t VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	diag := s.Diagnose(ctx)
+	tx.Rollback()
+	for _, want := range []string{"trx_state=RUNNING", "INNODB_LOCK_WAITS", "end of " + s.errLog, "ready for connections"} {
+		if !strings.Contains(diag, want) {
+			t.Errorf("Diagnose() lacks %q:\n%s", want, diag)
+		}
+	}
 	db.Close()
 	if !strings.Contains(version, "MariaDB") || version != s.Version() {
 		t.Errorf("SELECT VERSION() = %q, Version() = %q", version, s.Version())
