@@ -131,7 +131,7 @@ func splitShape(name string) (group, shape string) {
 func report(w io.Writer, runs []run) {
 	fmt.Fprint(w, "# Benchmarks\n\nMade by cmd/benchtable from go test -bench output: for each benchmark, the median of every\n"+
 		"metric over the runs, and the throughput of keystore's shapes (or the first) over each other shape as the median of\n"+
-		"the per-run ratios (with their range). `make bench` writes it from five interleaved runs.\n\n")
+		"the per-run ratios (with their range). `make bench` writes it from five runs, the shapes in a rotated order.\n\n")
 	var groups []string
 	byGroup := map[string]map[string][]run{} // group -> shape -> runs, in input order
 	var shapeOrder = map[string][]string{}
