@@ -3,6 +3,8 @@
 # Set KEYSTORE_TEST_DSN to use an existing server instead.
 
 GO ?= go
+# bash, for set -o pipefail in bench
+SHELL := bash
 
 .PHONY: test test-cluster demo bench ensure-mariadb
 
@@ -24,14 +26,14 @@ demo: ensure-mariadb
 # (20,000 for VerifyKey, which is faster), the shapes' order rotated from
 # run to run (see README, "Performance"); raw output in bench.txt (for
 # benchstat -col /shape), the table of medians and ratios in BENCHMARKS.md.
-# About 20 minutes.
+# About 25 minutes.
 bench: ensure-mariadb
 	$(GO) test -c -o bin/keystore.test .
-	for i in 0 1 2 3 4; do \
+	set -o pipefail; for i in 0 1 2 3 4; do \
 		KEYSTORE_BENCH_ROTATE=$$i KEYSTORE_MARIADB_DURABLE=1 bin/keystore.test -test.run '^$$' \
-			-test.bench 'BenchmarkCreateKey|BenchmarkUpdateKeyLink' -test.benchtime 2000x && \
+			-test.bench 'BenchmarkCreateKey|BenchmarkUpdateKeyLink' -test.benchtime 2000x || exit 1; \
 		KEYSTORE_BENCH_ROTATE=$$i KEYSTORE_MARIADB_DURABLE=1 bin/keystore.test -test.run '^$$' \
-			-test.bench 'BenchmarkVerifyKey' -test.benchtime 20000x; done | tee bench.txt
+			-test.bench 'BenchmarkVerifyKey' -test.benchtime 20000x || exit 1; done | tee bench.txt
 	$(GO) run ./cmd/benchtable < bench.txt > BENCHMARKS.md
 	$(GO) run ./cmd/benchtable -json < bench.txt > bench.json
 

@@ -1,3 +1,5 @@
+//go:build linux
+
 package keystore_test
 
 import (
@@ -11,9 +13,8 @@ import (
 
 // cpuTimes is the CPU time used so far by this test binary and by the
 // MariaDB server it started (zero when the server is not its child, e.g.
-// with KEYSTORE_TEST_DSN, or off Linux). On a shared, noisy machine CPU per
-// operation varies far less than wall time, and it says which side a
-// difference comes from.
+// with KEYSTORE_TEST_DSN). It says which side a difference in wall time
+// comes from.
 func cpuTimes() (client, server time.Duration) {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {

@@ -69,9 +69,12 @@ import (
 // Custom metrics: errors/op (errors returned to the caller), stmts/op (the
 // server's global Questions counter over the timed part, which is valid
 // because the test binary's server is private to it: run benchmarks alone,
-// with -run '^$'), attempts/op (transactions begun per op: ops + retries),
-// p50-ms, p99-ms and max-ms (latency of one op as its caller sees it). ns/op is wall
-// time over ops, i.e. the inverse of throughput at that concurrency.
+// with -run '^$'), rollbacks/op (its Com_rollback counter), attempts/op
+// (transactions begun per op: ops + retries), p50-ms, p99-ms and max-ms
+// (latency of one op as its caller sees it), client-us/op and server-us/op
+// (CPU time of the test binary and of its server per op; the server's only
+// when the binary started it, on Linux). ns/op is wall time over ops, i.e.
+// the inverse of throughput at that concurrency.
 //
 // Every run (b.N=1 and the real one) gets a fresh database.
 func BenchmarkCreateKey(b *testing.B) {
@@ -110,13 +113,16 @@ const (
 	hotBurst       = 64
 )
 
-// rotated returns shapes rotated left by KEYSTORE_BENCH_ROTATE (0 if unset).
+// rotated returns shapes rotated left for run KEYSTORE_BENCH_ROTATE (0 if
+// unset) of make bench's five.
 func rotated[T any](shapes []T) []T {
-	n, _ := strconv.Atoi(os.Getenv("KEYSTORE_BENCH_ROTATE"))
-	if len(shapes) == 0 || n <= 0 {
+	run, _ := strconv.Atoi(os.Getenv("KEYSTORE_BENCH_ROTATE"))
+	if len(shapes) == 0 || run <= 0 {
 		return shapes
 	}
-	n %= len(shapes)
+	// Spread five runs over the shapes, so that as many shapes as can run
+	// first do: with 8 shapes runs 0-4 start at 0, 1, 3, 4 and 6.
+	n := run * len(shapes) / 5 % len(shapes)
 	return slices.Concat(shapes[n:], shapes[:n])
 }
 
@@ -200,8 +206,9 @@ func newBenchStore(ctx context.Context, b *testing.B, opts ...keystore.Option) (
 // connecting, then calls run, whose timed(i, op) runs and times op as
 // operation i of b.N. It reports errors/op, stmts/op and rollbacks/op (the
 // server's global Questions and Com_rollback counters, valid because the
-// test binary's server is private to it), p50-ms, p99-ms and max-ms, and
-// returns the operations' errors.
+// test binary's server is private to it), p50-ms, p99-ms, max-ms,
+// client-us/op and server-us/op (see cpuTimes), and returns the operations'
+// errors.
 func measured(b *testing.B, db *sqlx.DB, warm int, run func(timed func(i int, op func() error))) []error {
 	ctx := context.Background()
 	warmPool(b, db, warm)

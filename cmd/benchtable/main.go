@@ -1,8 +1,9 @@
 // Command benchtable turns the output of repeated runs of keystore's
 // benchmarks (go test -bench, any number of -count or whole reruns) into one
 // Markdown report: per benchmark, the median of every metric over the runs,
-// and for each group the throughput of its first shape (the library) over
-// every other shape's, as the median of the per-run ratios with their range.
+// and for each group the throughput of keystore's shapes (named keystore...
+// or verify-...) and of the floor-... baselines over every other shape's,
+// as the median of the per-run ratios with their range.
 // Medians of per-run ratios, because on a shared machine whole runs swing
 // together.
 //
@@ -130,7 +131,7 @@ func splitShape(name string) (group, shape string) {
 
 func report(w io.Writer, runs []run) {
 	fmt.Fprint(w, "# Benchmarks\n\nMade by cmd/benchtable from go test -bench output: for each benchmark, the median of every\n"+
-		"metric over the runs, and the throughput of keystore's shapes (or the first) over each other shape as the median of\n"+
+		"metric over the runs, and the throughput of keystore's shapes (and floor-...) over each other shape as the median of\n"+
 		"the per-run ratios (with their range). `make bench` writes it from five runs, the shapes in a rotated order.\n\n")
 	var groups []string
 	byGroup := map[string]map[string][]run{} // group -> shape -> runs, in input order
@@ -161,7 +162,7 @@ func report(w io.Writer, runs []run) {
 			}
 			fmt.Fprintln(w)
 		}
-		ours, others := splitOurs(shapes)
+		ours, others := ratioTable(shapes)
 		if len(others) > 0 {
 			fmt.Fprintf(w, "\nThroughput of each row over each column (median of per-run ratios, range):\n\n| |")
 			for _, b := range others {
@@ -171,7 +172,11 @@ func report(w io.Writer, runs []run) {
 			for _, a := range ours {
 				fmt.Fprintf(w, "| %s |", a)
 				for _, b := range others {
-					fmt.Fprintf(w, " %s |", ratio(byGroup[g][a], byGroup[g][b]))
+					if a == b {
+						fmt.Fprint(w, " |")
+					} else {
+						fmt.Fprintf(w, " %s |", ratio(byGroup[g][a], byGroup[g][b]))
+					}
 				}
 				fmt.Fprintln(w)
 			}
@@ -180,20 +185,24 @@ func report(w io.Writer, runs []run) {
 	}
 }
 
-// splitOurs splits shapes into keystore's own (named keystore...; the first
-// shape when none is) and the others, in order.
-func splitOurs(shapes []string) (ours, others []string) {
+// ratioTable returns the rows and the columns of a group's ratio table:
+// rows are keystore's shapes (named keystore... or verify-...) and the
+// floor-... baselines, columns every shape but keystore's. With none of
+// keystore's, the first shape is the one row.
+func ratioTable(shapes []string) (rows, cols []string) {
 	for _, s := range shapes {
-		if strings.HasPrefix(s, "keystore") {
-			ours = append(ours, s)
-		} else {
-			others = append(others, s)
+		ours := strings.HasPrefix(s, "keystore") || strings.HasPrefix(s, "verify-")
+		if ours || strings.HasPrefix(s, "floor-") {
+			rows = append(rows, s)
+		}
+		if !ours {
+			cols = append(cols, s)
 		}
 	}
-	if len(ours) == 0 && len(others) > 0 {
-		ours, others = others[:1], others[1:]
+	if len(rows) == 0 && len(cols) > 0 {
+		rows, cols = cols[:1:1], cols[1:]
 	}
-	return ours, others
+	return rows, cols
 }
 
 // metricUnits lists the metrics other than ns/op that the runs report.

@@ -64,10 +64,16 @@ func newGaleraEnv(t *testing.T, opts ...keystore.Option) galeraEnv {
 	// after it returned on the first: a test writing at once on another
 	// node once found a table missing there. A read with wsrep_sync_wait
 	// waits until its node has applied everything committed before it.
-	const tables = `SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()`
-	want := count(t, env.dbs[0], tables)
-	for i, db := range env.dbs {
-		if n := count(t, db, tables); n != want || n == 0 {
+	// (Connections without a database: one naming it fails on a node that
+	// has not applied CREATE DATABASE yet.)
+	const tables = `SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?`
+	var want int
+	for i, node := range c.Nodes {
+		n := count(t, open(t, node.DSN("")+"&wsrep_sync_wait=1"), tables, name)
+		if i == 0 {
+			want = n
+		}
+		if n != want || n == 0 {
 			t.Fatalf("node %d has %d of the %d tables after the migration", i, n, want)
 		}
 	}

@@ -46,7 +46,7 @@ func TestStartQueryStop(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Diagnose shows an open transaction, with the statement it waits on.
+	// Diagnose shows a transaction waiting for another's lock, and which.
 	if _, err := db.ExecContext(ctx, "CREATE DATABASE diag"); err != nil {
 		t.Fatal(err)
 	}
@@ -60,12 +60,29 @@ func TestStartQueryStop(t *testing.T) {
 	if _, err := tx.ExecContext(ctx, "INSERT INTO diag.t VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
-	diag := s.Diagnose(ctx)
+	waiter := make(chan error, 1)
+	go func() { // waits for tx's lock on id 1, then finds it free
+		_, err := db.ExecContext(ctx, "INSERT INTO diag.t VALUES (1)")
+		waiter <- err
+	}()
+	var diag string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if diag = s.Diagnose(ctx); strings.Contains(diag, "trx_state=LOCK WAIT") {
+			break
+		}
+	}
 	tx.Rollback()
-	for _, want := range []string{"trx_state=RUNNING", "INNODB_LOCK_WAITS", "end of " + s.errLog, "ready for connections"} {
+	if err := <-waiter; err != nil {
+		t.Errorf("the waiting INSERT: %v", err)
+	}
+	for _, want := range []string{"trx_state=LOCK WAIT", "trx_state=RUNNING", "requesting_trx_id=",
+		"state=Update info=INSERT INTO diag.t", "end of " + s.errLog, "ready for connections"} {
 		if !strings.Contains(diag, want) {
 			t.Errorf("Diagnose() lacks %q:\n%s", want, diag)
 		}
+	}
+	if strings.Contains(diag, "\nerror: ") {
+		t.Errorf("a query of Diagnose failed:\n%s", diag)
 	}
 	db.Close()
 	if !strings.Contains(version, "MariaDB") || version != s.Version() {
