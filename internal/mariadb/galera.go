@@ -99,7 +99,7 @@ func StartGalera(ctx context.Context, nodes int) (*Cluster, error) {
 				// transaction at COMMIT, which waited to be certified
 				// after the write sets queued behind that same applier
 				// (a cycle nothing broke for a minute). Other appliers
-				// can go on certifying those write sets: no stall in 20
+				// can go on certifying those write sets: no stall in 34
 				// runs of the cluster tests since.
 				"--wsrep-slave-threads=4",
 			},
