@@ -8,31 +8,31 @@ import "errors"
 // [Server.Kill] work on a frozen server. Freeze fails if the server is not
 // running, and is Linux-only.
 func (s *Server) Freeze() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ops.Lock()
+	defer s.ops.Unlock()
 	if s.cmd == nil || isClosed(s.exited) {
 		return errors.New("mariadb: Freeze of a server that is not running")
 	}
 	if err := freeze(s.cmd.Process); err != nil {
 		return err
 	}
-	s.frozen = true
+	s.setFrozen(true)
 	return nil
 }
 
 // Thaw lets a frozen server go on with SIGCONT. It does nothing to a server
 // that is not frozen.
 func (s *Server) Thaw() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ops.Lock()
+	defer s.ops.Unlock()
 	if !s.frozen || s.cmd == nil || isClosed(s.exited) {
-		s.frozen = false
+		s.setFrozen(false)
 		return nil
 	}
 	if err := thaw(s.cmd.Process); err != nil {
 		return err
 	}
-	s.frozen = false
+	s.setFrozen(false)
 	return nil
 }
 
@@ -40,4 +40,11 @@ func (s *Server) isFrozen() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.frozen
+}
+
+// setFrozen records whether the process is stopped. s.ops must be held.
+func (s *Server) setFrozen(frozen bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.frozen = frozen
 }

@@ -91,6 +91,11 @@ type Server struct {
 	errLog  string
 	pidFile string
 
+	// ops serialises what starts and stops the process (Start, Restart,
+	// Stop, Kill, Freeze, Thaw), which may take a minute. mu guards the
+	// fields below for as long as a read or a write of them takes, so that
+	// Addr, Pid and Version answer during a Restart; writers hold both.
+	ops     sync.Mutex
 	mu      sync.Mutex
 	port    int
 	version string
@@ -213,8 +218,8 @@ func (s *Server) Pid() int {
 // exited within 10 seconds, and removes its directory. Calling Stop again
 // does nothing.
 func (s *Server) Stop() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ops.Lock()
+	defer s.ops.Unlock()
 	if s.removed {
 		return nil
 	}
@@ -230,8 +235,8 @@ func (s *Server) Stop() error {
 // has exited. The data directory is kept: [Server.Restart] runs InnoDB's
 // crash recovery on it.
 func (s *Server) Kill() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ops.Lock()
+	defer s.ops.Unlock()
 	s.halt(syscall.SIGKILL)
 }
 
@@ -239,8 +244,8 @@ func (s *Server) Kill() {
 // data directory, on the same port if it is still free. It fails if the
 // server is running or has been stopped.
 func (s *Server) Restart(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ops.Lock()
+	defer s.ops.Unlock()
 	if s.removed {
 		return errors.New("mariadb: Restart after Stop")
 	}
@@ -252,14 +257,14 @@ func (s *Server) Restart(ctx context.Context) error {
 
 // halt signals the server and waits for it to exit, escalating to SIGKILL
 // after stopTimeout. A frozen server is thawed first, so that it can act on
-// SIGTERM. s.mu must be held.
+// SIGTERM. s.ops must be held.
 func (s *Server) halt(sig syscall.Signal) {
 	if s.cmd == nil || isClosed(s.exited) {
 		return
 	}
 	if s.frozen {
 		_ = thaw(s.cmd.Process)
-		s.frozen = false
+		s.setFrozen(false)
 	}
 	_ = s.cmd.Process.Signal(sig)
 	select {
@@ -271,14 +276,14 @@ func (s *Server) halt(sig syscall.Signal) {
 }
 
 func (s *Server) start(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ops.Lock()
+	defer s.ops.Unlock()
 	return s.startLocked(ctx)
 }
 
 // startLocked runs mariadbd, trying other ports while it exits early (most
 // often because its port is taken). The current port, if any, is tried
-// first, so that a restarted server keeps its DSN. s.mu must be held.
+// first, so that a restarted server keeps its DSN. s.ops must be held.
 func (s *Server) startLocked(ctx context.Context) error {
 	var err error
 	for attempt := 0; attempt < startAttempts; attempt++ {
@@ -348,7 +353,9 @@ func (s *Server) run(ctx context.Context, attempt, port int) error {
 		_ = cmd.Wait()
 		close(exited)
 	}()
+	s.mu.Lock()
 	s.cmd, s.exited, s.port, s.frozen = cmd, exited, port, false
+	s.mu.Unlock()
 
 	kill := func() {
 		_ = cmd.Process.Kill()
@@ -375,7 +382,9 @@ func (s *Server) run(ctx context.Context, attempt, port int) error {
 		case <-tick.C:
 		}
 		if version, ok := s.probe(ctx, port); ok {
+			s.mu.Lock()
 			s.version = version
+			s.mu.Unlock()
 			return nil
 		}
 	}

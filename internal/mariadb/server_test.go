@@ -143,7 +143,29 @@ func TestKillRestart(t *testing.T) {
 	if s.Pid() != 0 {
 		t.Fatal("Pid() != 0 after Kill")
 	}
-	if err := s.Restart(ctx); err != nil {
+	// Addr and Pid answer while Restart waits for the server: Diagnose and
+	// the cluster tests' stall watchdog call them then. The server counts
+	// as ready only once the test has asked them a few times.
+	asked := make(chan struct{})
+	s.cfg.ready = func(ctx context.Context, db *sql.DB) bool { return isClosed(asked) }
+	restarted := make(chan error, 1)
+	go func() { restarted <- s.Restart(ctx) }()
+	for range 5 {
+		answered := make(chan struct{})
+		go func() {
+			s.Addr()
+			s.Pid()
+			close(answered)
+		}()
+		select {
+		case <-answered:
+		case <-time.After(time.Second):
+			t.Fatal("Addr and Pid blocked during Restart")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(asked)
+	if err := <-restarted; err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Restart(ctx); err == nil {
