@@ -12,6 +12,7 @@ import (
 
 	"github.com/idsafe/keystore"
 	"github.com/idsafe/keystore/keystoretest"
+	"github.com/jmoiron/sqlx"
 )
 
 func TestCreateRole(t *testing.T) {
@@ -390,4 +391,156 @@ func TestUpdateKeyRolesRacingCreateRole(t *testing.T) {
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE JSON_LENGTH(permissions) = 100`); n != len(keys) {
 		t.Fatalf("%d of %d keys hold all 100 of the role's permissions", n, len(keys))
 	}
+}
+
+// waitLockWaits waits until n transactions of this test's database are
+// waiting for a row lock (InnoDB refreshes information_schema every 0.1 s).
+func waitLockWaits(t *testing.T, db *sqlx.DB, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := count(t, db, `SELECT COUNT(*) FROM information_schema.INNODB_TRX t
+			JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
+			WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()`)
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d transactions waiting for a lock, want %d", got, n)
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+}
+
+// holdAuditGap starts a transaction that locks the end of the audit table,
+// so that any write reaching its audit INSERT stops there, holding every
+// lock it took before. Committing the returned transaction lets them go.
+func holdAuditGap(t *testing.T, db *sqlx.DB) *sqlx.Tx {
+	t.Helper()
+	blocker, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { blocker.Rollback() })
+	if _, err := blocker.Exec(`SELECT id FROM keystore_audit_events FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	return blocker
+}
+
+// CreateRole recomputes the sets of every holder of the role. A holder that
+// an UpdateKey is taking the role from meanwhile (it holds the key's lock
+// and has not committed) must end up without it: its sets recomputed from
+// the links that UpdateKey committed, not from a snapshot taken before.
+// Otherwise VerifyKey grants permissions the key no longer has. (Found by
+// review: the refresh's UPDATE read a snapshot older than its locks.)
+func TestCreateRoleRefreshSeesRolesRemovedMeanwhile(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if _, err := s.CreateRole(ctx, "ws", "R", []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	k1, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Roles: []string{"R"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Roles: []string{"R"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k1.KeyID > k2.KeyID {
+		k1, k2 = k2, k1 // k2 is recomputed second
+	}
+
+	blocker := holdAuditGap(t, db)
+	updated := make(chan error, 1)
+	go func() {
+		// Takes k2's row lock, drops its link to R, recomputes its sets,
+		// then waits at its audit INSERT.
+		_, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: k2.KeyID, Roles: keystore.Set([]string{})})
+		updated <- err
+	}()
+	waitLockWaits(t, db, 1)
+	roleDone := make(chan error, 1)
+	go func() {
+		// Adds b to R and refreshes k1 (snapshot taken), then waits for k2.
+		_, err := s.CreateRole(ctx, "ws", "R", []string{"a", "b"})
+		roleDone <- err
+	}()
+	waitLockWaits(t, db, 2)
+	if err := blocker.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-updated; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-roleDone; err != nil {
+		t.Fatal(err)
+	}
+
+	k, err := s.GetKey(ctx, "ws", k2.KeyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(k.Roles) != 0 || len(k.Permissions) != 0 {
+		t.Errorf("key whose roles were cleared reads back with roles %v and permissions %v", k.Roles, k.Permissions)
+	}
+	if v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: k2.Key}); err != nil || len(v.Permissions) != 0 {
+		t.Errorf("VerifyKey of the key that holds no role grants %v (%v)", v.Permissions, err)
+	}
+	checkCachedSets(t, db)
+}
+
+// The same for DeleteRole: a holder whose other roles an UpdateKey revokes
+// meanwhile must not keep them in its sets.
+func TestDeleteRoleRefreshSeesRolesRemovedMeanwhile(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	if _, err := s.CreateRole(ctx, "ws", "R", []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateRole(ctx, "ws", "admin", []string{"admin.all"}); err != nil {
+		t.Fatal(err)
+	}
+	k1, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Roles: []string{"R"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Roles: []string{"R", "admin"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k1.KeyID > k2.KeyID {
+		t.Fatal("ids out of creation order")
+	}
+
+	blocker := holdAuditGap(t, db)
+	updated := make(chan error, 1)
+	go func() {
+		// Revokes every role of k2 (admin included), then waits at its
+		// audit INSERT holding k2's row.
+		_, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: k2.KeyID, Roles: keystore.Set([]string{})})
+		updated <- err
+	}()
+	waitLockWaits(t, db, 1)
+	deleted := make(chan error, 1)
+	go func() { deleted <- s.DeleteRole(ctx, "ws", "R") }()
+	waitLockWaits(t, db, 2)
+	if err := blocker.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-updated; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-deleted; err != nil {
+		t.Fatal(err)
+	}
+	k, err := s.GetKey(ctx, "ws", k2.KeyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(k.Roles, "admin") || slices.Contains(k.Permissions, "admin.all") {
+		t.Errorf("revoked role still on the key: roles %v, permissions %v", k.Roles, k.Permissions)
+	}
+	checkCachedSets(t, db)
 }

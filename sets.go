@@ -61,16 +61,28 @@ func refreshKeySets(ctx context.Context, tx *sqlx.Tx, keyID string) error {
 // are locked. (A multi-table UPDATE joined from the links did the same in
 // one statement, but MariaDB stages such updates in a temporary table, and
 // under load one failed with error 6 deleting it.) The caller holds the
-// role's exclusive lock, so no key gains the role meanwhile; a key that
-// loses it meanwhile is recomputed from its links all the same.
+// role's exclusive lock, so no key gains the role meanwhile, and runs at
+// READ COMMITTED.
+//
+// Each batch is locked (in id order) before its UPDATE. The UPDATE's
+// subqueries read one snapshot, taken when the statement starts: had it
+// started before an UpdateKey that holds a key of the batch (and is
+// changing its roles) committed, it would have waited for that key and then
+// written sets computed from the links before the change. Taken after
+// every lock of the batch is held, the snapshot has all such changes.
 func refreshRoleHolders(ctx context.Context, tx *sqlx.Tx, now time.Time, roleID string) error {
 	var keyIDs []string
 	if err := tx.SelectContext(ctx, &keyIDs, `SELECT key_id FROM keystore_key_roles WHERE role_id = ?`, roleID); err != nil {
 		return fmt.Errorf("keystore: find the role's keys: %w", err)
 	}
 	for batch := range slices.Chunk(keyIDs, 500) {
-		_, err := tx.ExecContext(ctx, `UPDATE keystore_keys k SET k.updated_at = ?, `+setsFromLinks+
-			` WHERE k.id IN (`+placeholders(len(batch))+`)`, append([]any{utc(now)}, anys(batch)...)...)
+		in := ` WHERE k.id IN (` + placeholders(len(batch)) + `)`
+		var locked []string
+		if err := tx.SelectContext(ctx, &locked, `SELECT k.id FROM keystore_keys k`+in+` ORDER BY k.id FOR UPDATE`, anys(batch)...); err != nil {
+			return fmt.Errorf("keystore: lock the role's keys: %w", err)
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE keystore_keys k SET k.updated_at = ?, `+setsFromLinks+in,
+			append([]any{utc(now)}, anys(batch)...)...)
 		if err != nil {
 			return fmt.Errorf("keystore: refresh permissions of the role's keys: %w", err)
 		}
