@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/idsafe/keystore"
@@ -158,4 +159,15 @@ func serverStatus(t testing.TB, db *sqlx.DB, scope, name string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// isMariaDB reports whether db is a MariaDB server (else MySQL), for the
+// few expectations that differ: MySQL has no INSERT ... RETURNING.
+func isMariaDB(t testing.TB, db *sqlx.DB) bool {
+	t.Helper()
+	var version string
+	if err := db.Get(&version, `SELECT VERSION()`); err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(version, "MariaDB")
 }

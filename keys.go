@@ -27,8 +27,10 @@ import (
 // identity (BEGIN, insert identity, insert key, ...) and for an existing
 // one this Store has not seen (the identity's INSERT finds it, the key's
 // INSERT reads it); 6 for the latter on servers without INSERT ...
-// RETURNING (MySQL), and once per Store 7 (the RETURNING it tries first). Permissions add 2 (new or not), roles 2, ratelimits
-// none, WithoutAudit saves 1.
+// RETURNING (MySQL), and once per Store 7 (the RETURNING it tries first).
+// Permissions add 2 (new or not), roles 3 (link, raise
+// group_concat_max_len, recompute the key's sets), ratelimits none;
+// WithoutAudit saves 1.
 func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error) {
 	now := s.clock()
 	if err := req.validate(now); err != nil {

@@ -327,6 +327,10 @@ func testCreateKeyStatementCount(t *testing.T, returning bool) {
 			ExternalID: "u2", Permissions: perms, Ratelimits: rl}, 7},
 		{"existing identity and permissions, 2 ratelimits", s, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
 			ExternalID: "u2", Permissions: perms, Ratelimits: rl}, 6},
+		{"no identity, one role", s, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Roles: []string{"reader"}}, 7},
+	}
+	if _, err := s.CreateRole(ctx, "ws", "reader", nil); err != nil { // no permissions: the read-back check below counts the direct ones
+		t.Fatal(err)
 	}
 	// A Store that has not seen u1 (another process, say) guesses it is
 	// new and tries the identity's INSERT first; the key's INSERT then
@@ -338,9 +342,12 @@ func testCreateKeyStatementCount(t *testing.T, returning bool) {
 		t.Fatal(err)
 	}
 	unseen := 5
-	if !returning {
+	switch {
+	case !returning:
 		keystore.WithoutReturning(other)
 		unseen = 6
+	case !isMariaDB(t, db):
+		unseen = 7 // MySQL: the RETURNING tried once per Store, its syntax error, then the above
 	}
 	cases = append(cases, struct {
 		name  string
