@@ -6,7 +6,7 @@ GO ?= go
 # bash, for set -o pipefail in bench
 SHELL := bash
 
-.PHONY: test test-cluster demo bench ensure-mariadb
+.PHONY: test test-cluster test-mysql demo bench ensure-mariadb
 
 test: ensure-mariadb
 	$(GO) vet ./...
@@ -18,6 +18,11 @@ test: ensure-mariadb
 test-cluster: ensure-mariadb
 	$(GO) vet ./internal/clustertest/ ./internal/mariadb/
 	$(GO) test -race -count=1 -timeout 20m -v ./internal/clustertest/
+
+# The library's tests and the demo against MySQL 9 from Debian sid, in a
+# chroot built on first use (needs root; see the script).
+test-mysql:
+	bash scripts/test-mysql.sh
 
 demo: ensure-mariadb
 	$(GO) run ./examples/race
