@@ -28,7 +28,9 @@ type Refill struct {
 }
 
 // Ratelimit is a named limit of Limit requests per Duration attached to a
-// key. The library stores it; enforcing it is the caller's job.
+// key. The library stores it; enforcing it is the caller's job. Duration is
+// at least a second and stored in milliseconds: a finer one is invalid
+// input rather than silently cut.
 type Ratelimit struct {
 	Name      string
 	Limit     int64

@@ -281,8 +281,8 @@ func validateCredits(field string, c Credits) error {
 }
 
 // validateRatelimits checks at most 50 limits, each with a 1..128 character
-// name, Limit >= 1 and Duration >= 1s, names unique within the slice.
-
+// name, Limit >= 1 and Duration >= 1s in whole milliseconds (as it is
+// stored), names unique within the slice.
 func validateRatelimits(field string, rls []Ratelimit) error {
 	if len(rls) > limitRatelimits {
 		return invalid(field, "must have at most %d entries", limitRatelimits)
@@ -302,6 +302,9 @@ func validateRatelimits(field string, rls []Ratelimit) error {
 		}
 		if rl.Duration < limitMinRatelimitPeriod {
 			return invalid(name+".Duration", "must be at least %s", limitMinRatelimitPeriod)
+		}
+		if rl.Duration%time.Millisecond != 0 {
+			return invalid(name+".Duration", "must be a whole number of milliseconds, not %s", rl.Duration)
 		}
 	}
 	return nil

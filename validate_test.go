@@ -231,6 +231,9 @@ func TestValidateCreateKey(t *testing.T) {
 			r.Ratelimits[1].Duration = time.Second - time.Nanosecond
 		}, "Ratelimits[1].Duration"},
 		{"ratelimit duration 0", func(r *CreateKeyRequest) { r.Ratelimits[0].Duration = 0 }, "Ratelimits[0].Duration"},
+		{"ratelimit duration with a fraction of a millisecond", func(r *CreateKeyRequest) {
+			r.Ratelimits[0].Duration = time.Second + time.Microsecond
+		}, "Ratelimits[0].Duration"},
 		{"ratelimit duplicate name", func(r *CreateKeyRequest) {
 			r.Ratelimits = ratelimits(3)
 			r.Ratelimits[2].Name = r.Ratelimits[0].Name
