@@ -25,7 +25,21 @@ const (
 	errParse             = 1064 // ER_PARSE_ERROR: only the statement was rolled back
 	errUnknown           = 1105 // ER_UNKNOWN_ERROR: Vitess may carry the real number in the message
 	errSyntax            = 1149 // ER_SYNTAX_ERROR: how Vitess reports syntax it does not know
+	errClientGone        = 2006 // CR_SERVER_GONE_ERROR: Vitess's connection to MySQL broke, as "(errno 2006)"
+	errClientLost        = 2013 // CR_SERVER_LOST: the same, mid-query
 )
+
+// lostConnection reports whether a server error number says the connection
+// to the database broke or was closed, rolling back an open transaction.
+// 2006 and 2013 are client codes, which reach us only from a proxy (Vitess)
+// that lost its own connection to MySQL.
+func lostConnection(n uint16) bool {
+	switch n {
+	case errServerShutdown, errConnectionKilled, errClientGone, errClientLost:
+		return true
+	}
+	return false
+}
 
 // retryableErrors are the server errors after which running the whole
 // transaction again is safe and may succeed: the server rolled back the
@@ -152,7 +166,7 @@ func IsRetryable(err error) bool {
 // the server rolled back any open transaction.
 func isConnectionLost(err error) bool {
 	if n, ok := serverErrorNumber(err); ok {
-		return n == errServerShutdown || n == errConnectionKilled || n == errClientIdleTimeout
+		return lostConnection(n) || n == errClientIdleTimeout
 	}
 	var ne net.Error
 	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysql.ErrInvalidConn) ||
@@ -180,7 +194,7 @@ func commitError(ctx context.Context, err error) error {
 	case errors.Is(err, sql.ErrTxDone), ctx.Err() != nil && errors.Is(err, ctx.Err()):
 		return err // database/sql rolled back instead of sending COMMIT
 	}
-	if n, ok := serverErrorNumber(err); ok && n != errServerShutdown && n != errConnectionKilled {
+	if n, ok := serverErrorNumber(err); ok && !lostConnection(n) {
 		return err // the server answered COMMIT with an error: not applied
 	}
 	return &AmbiguousCommitError{Err: err}

@@ -68,6 +68,8 @@ func TestCommitErrorClassification(t *testing.T) {
 		{"connection lost after COMMIT was sent", ctx, mysql.ErrInvalidConn, true},
 		{"read error after COMMIT was sent", ctx, io.ErrUnexpectedEOF, true},
 		{"server shut down while committing", ctx, &mysql.MySQLError{Number: 1053}, true},
+		{"Vitess lost its MySQL connection during COMMIT", ctx, vitess(1105, "Lost connection to MySQL server during query (errno 2013) (sqlstate HY000)"), true},
+		{"Vitess found its MySQL connection gone at COMMIT", ctx, vitess(1105, "MySQL server has gone away (errno 2006) (sqlstate HY000)"), true},
 		{"Galera certification failure at COMMIT", ctx, &mysql.MySQLError{Number: 1213}, false},
 		{"nothing sent", ctx, driver.ErrBadConn, false},
 		{"context ended before COMMIT", canceled, context.Canceled, false},
@@ -84,6 +86,11 @@ func TestCommitErrorClassification(t *testing.T) {
 		if c.ambiguous && retryableAttempt(err) {
 			t.Errorf("%s: an ambiguous commit must never be retried", c.name)
 		}
+	}
+	// Before COMMIT, the same lost connection rolled the transaction back:
+	// WithRetryTx runs it again.
+	if !retryableAttempt(vitess(1105, "Lost connection to MySQL server during query (errno 2013) (sqlstate HY000)")) {
+		t.Error("a connection Vitess lost mid-transaction must be retried")
 	}
 	if IsDeadlock(commitError(ctx, &mysql.MySQLError{Number: 1213})) != true || !retryableAttempt(commitError(ctx, &mysql.MySQLError{Number: 1213})) {
 		t.Error("a deadlock reported at COMMIT must be retried")
@@ -109,10 +116,6 @@ func TestBackoffIsBoundedFullJitter(t *testing.T) {
 // their documentation and source), decoded by the driver into MySQLError.
 func TestEngineErrorClassification(t *testing.T) {
 	state := func(s string) (b [5]byte) { copy(b[:], s); return b }
-	vitess := func(number uint16, desc string) *mysql.MySQLError {
-		return &mysql.MySQLError{Number: number, SQLState: state("HY000"), Message: "target: commerce.0.primary: vttablet: rpc error: code = Aborted desc = " +
-			desc + " (CallerID: app): Sql: \"insert into keystore_identities(id) values (:vtg1)\", BindVars: {vtg1: \"type:VARCHAR\"}"}
-	}
 	cases := []struct {
 		engine        string
 		err           *mysql.MySQLError
@@ -179,4 +182,11 @@ func TestParseErrorRecognised(t *testing.T) {
 			t.Errorf("%d %q: isParseError = %v, want %v", c.err.Number, c.err.Message, got, c.want)
 		}
 	}
+}
+
+// vitess is an error as vtgate passes on one from vttablet: desc carries
+// MySQL's message and "(errno N)".
+func vitess(number uint16, desc string) *mysql.MySQLError {
+	return &mysql.MySQLError{Number: number, SQLState: [5]byte{'H', 'Y', '0', '0', '0'}, Message: "target: commerce.0.primary: vttablet: rpc error: code = Aborted desc = " +
+		desc + " (CallerID: app): Sql: \"insert into keystore_identities(id) values (:vtg1)\", BindVars: {vtg1: \"type:VARCHAR\"}"}
 }
