@@ -621,7 +621,7 @@ func dupOrDeadlock(err error) bool { return keystore.IsDuplicateKey(err) || keys
 func findBenchIdentity(ctx context.Context, q sqlx.QueryerContext, workspace, externalID string) (string, error) {
 	var id string
 	err := sqlx.GetContext(ctx, q, &id, `SELECT id FROM keystore_identities
-		WHERE workspace_id = ? AND external_id = ? AND tombstone = ''`, workspace, externalID)
+		WHERE workspace_id = ? AND external_id = ? AND live = 1`, workspace, externalID)
 	return id, err
 }
 
@@ -630,8 +630,8 @@ func findBenchIdentity(ctx context.Context, q sqlx.QueryerContext, workspace, ex
 func insertBenchIdentity(ctx context.Context, tx *sqlx.Tx, workspace, externalID string, upsert bool) (string, error) {
 	id := benchID("bid")
 	now := time.Now().UTC()
-	query := `INSERT INTO keystore_identities (id, workspace_id, external_id, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?)`
+	query := `INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at)
+		VALUES (?, ?, ?, 1, ?, ?)`
 	if upsert {
 		query += ` ON DUPLICATE KEY UPDATE updated_at = updated_at`
 	}

@@ -144,7 +144,7 @@ func checkCachedSets(t testing.TB, db *sqlx.DB) {
 func checkOwnerCopies(t testing.TB, db *sqlx.DB) {
 	t.Helper()
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys k
-		LEFT JOIN keystore_identities i ON i.id = k.identity_id AND i.tombstone = ''
+		LEFT JOIN keystore_identities i ON i.id = k.identity_id AND i.live = 1
 		WHERE NOT (k.owner_external_id <=> i.external_id AND k.owner_meta <=> i.meta
 			AND k.owner_ratelimits <=> i.ratelimits)`); n != 0 {
 		t.Errorf("%d keys whose owner copies differ from their live identity", n)

@@ -118,7 +118,7 @@ func (s *Store) DeleteIdentity(ctx context.Context, workspaceID, externalID stri
 			return struct{}{}, err
 		}
 		err = exec(ctx, tx, "delete identity", `UPDATE keystore_identities
-			SET tombstone = id, ratelimits = NULL, deleted_at = ?, updated_at = ? WHERE id = ?`, utc(now), utc(now), id)
+			SET live = NULL, ratelimits = NULL, deleted_at = ?, updated_at = ? WHERE id = ?`, utc(now), utc(now), id)
 		if err != nil {
 			return struct{}{}, err
 		}
@@ -137,20 +137,19 @@ func (s *Store) DeleteIdentity(ctx context.Context, workspaceID, externalID stri
 // lockLiveIdentity takes the exclusive lock on the live identity of
 // externalID and returns its id, or an error matching ErrNotFound.
 //
-// It finds the id with a plain read and then locks the row by its id (a
-// unique index). A locking read by external id instead could meet the
-// delete-marked record that deleting the identity leaves at that key until
-// it is purged, and lock it with the gap before it (next-key), which
-// deadlocked with the inserts of CreateKey and of other deletes (measured
-// with the earlier schema, where that key was a unique secondary index). If
-// the identity was deleted between the two reads, the answer is
-// ErrNotFound: at that moment it had no live identity.
+// It finds the id with a plain read and then locks the row by primary key.
+// A locking read through the unique (workspace_id, external_id, live) index
+// instead would take next-key locks on every entry that recently deleted
+// identities of externalID left there (delete-marked until purged) and on
+// the gaps between them, which deadlocks with the inserts of CreateKey and
+// of other deletes. If the identity was deleted between the two reads, the
+// answer is ErrNotFound: at that moment it had no live identity.
 func lockLiveIdentity(ctx context.Context, tx *sqlx.Tx, workspaceID, externalID string) (string, error) {
 	var id string
 	err := tx.GetContext(ctx, &id, `SELECT id FROM keystore_identities
-		WHERE workspace_id = ? AND external_id = ? AND tombstone = ''`, workspaceID, externalID)
+		WHERE workspace_id = ? AND external_id = ? AND live = 1`, workspaceID, externalID)
 	if err == nil {
-		err = tx.GetContext(ctx, &id, `SELECT id FROM keystore_identities WHERE id = ? AND tombstone = '' FOR UPDATE`, id)
+		err = tx.GetContext(ctx, &id, `SELECT id FROM keystore_identities WHERE id = ? AND live = 1 FOR UPDATE`, id)
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", fmt.Errorf("keystore: identity %q: %w", externalID, ErrNotFound)

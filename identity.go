@@ -80,8 +80,8 @@ func ensureIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID
 func insertIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string) (identityRow, error) {
 	created := identityRow{ID: newID("id"), WorkspaceID: workspaceID, ExternalID: externalID,
 		CreatedAt: dbTime{now, true}, UpdatedAt: dbTime{now, true}, created: true}
-	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_identities (id, workspace_id, external_id, created_at, updated_at)
-		VALUES (?, ?, ?, ?, ?)`, created.ID, workspaceID, externalID, utc(now), utc(now))
+	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at)
+		VALUES (?, ?, ?, 1, ?, ?)`, created.ID, workspaceID, externalID, utc(now), utc(now))
 	if err != nil {
 		return identityRow{}, fmt.Errorf("keystore: create identity: %w", err)
 	}
@@ -97,7 +97,7 @@ func insertIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID
 func readIdentityAfterDuplicate(ctx context.Context, tx *sqlx.Tx, workspaceID, externalID string) (identityRow, error) {
 	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
 	err := tx.QueryRowxContext(ctx, `SELECT id, meta, ratelimits FROM keystore_identities
-		WHERE workspace_id = ? AND external_id = ? AND tombstone = '' LOCK IN SHARE MODE`, workspaceID, externalID).
+		WHERE workspace_id = ? AND external_id = ? AND live = 1 LOCK IN SHARE MODE`, workspaceID, externalID).
 		Scan(&found.ID, &found.rawMeta, &found.rawRatelimits)
 	if errors.Is(err, sql.ErrNoRows) {
 		return found, fmt.Errorf("keystore: identity deleted after a duplicate: %w", errConcurrentChange)
@@ -142,7 +142,7 @@ func ownerCopy(r *identityRow) []any {
 func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, cols []any) (identityRow, error) {
 	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
 	if id, ok := s.hints.get(workspaceID, externalID); ok {
-		inserted, err := insertKeyOwnedByID(ctx, tx, cols, workspaceID, externalID, id)
+		inserted, err := insertKeyOwnedByID(ctx, tx, cols, id)
 		if err != nil || inserted {
 			found.ID = id
 			return found, err
@@ -155,7 +155,7 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 		s.hints.forget(workspaceID, externalID)
 		err = tx.GetContext(ctx, &id, selectIdentityID, workspaceID, externalID)
 		if err == nil {
-			if inserted, err = insertKeyOwnedByID(ctx, tx, cols, workspaceID, externalID, id); err != nil || inserted {
+			if inserted, err = insertKeyOwnedByID(ctx, tx, cols, id); err != nil || inserted {
 				found.ID = id
 				return found, err
 			}
@@ -172,7 +172,7 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 		return found, err
 	}
 	if !s.noReturning.Load() {
-		err := tx.QueryRowxContext(ctx, insertKeyOwnedBy+`workspace_id = ? AND external_id = ? AND tombstone = ''
+		err := tx.QueryRowxContext(ctx, insertKeyOwnedBy+`workspace_id = ? AND external_id = ? AND live = 1
 			LOCK IN SHARE MODE RETURNING identity_id`, append(withoutOwner(cols), workspaceID, externalID)...).Scan(&found.ID)
 		switch {
 		case err == nil:
@@ -191,12 +191,10 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 	return found, insertKey(ctx, tx, cols)
 }
 
-// insertKeyOwnedByID inserts the key row owned by identity id if that is
-// still the live identity of externalID, and reports whether it was. It
-// reads the identity by primary key.
-func insertKeyOwnedByID(ctx context.Context, tx *sqlx.Tx, cols []any, workspaceID, externalID, id string) (bool, error) {
-	res, err := tx.ExecContext(ctx, insertKeyOwnedBy+`workspace_id = ? AND external_id = ? AND tombstone = '' AND id = ?
-		LOCK IN SHARE MODE`, append(withoutOwner(cols), workspaceID, externalID, id)...)
+// insertKeyOwnedByID inserts the key row owned by identity id if that
+// identity is live, and reports whether it was.
+func insertKeyOwnedByID(ctx context.Context, tx *sqlx.Tx, cols []any, id string) (bool, error) {
+	res, err := tx.ExecContext(ctx, insertKeyOwnedBy+`id = ? AND live = 1 LOCK IN SHARE MODE`, append(withoutOwner(cols), id)...)
 	if err != nil {
 		return false, fmt.Errorf("keystore: insert key: %w", err)
 	}
@@ -230,7 +228,7 @@ func withoutOwner(cols []any) []any {
 
 // selectIdentityID finds the id of a live identity: the first statement of
 // every write that names an owner, so it reads nothing else.
-const selectIdentityID = `SELECT id FROM keystore_identities WHERE workspace_id = ? AND external_id = ? AND tombstone = ''`
+const selectIdentityID = `SELECT id FROM keystore_identities WHERE workspace_id = ? AND external_id = ? AND live = 1`
 
 // ensurePermissions makes a permission exist for every slug in workspaceID.
 // slugs must be sorted and unique: every transaction takes the insert locks

@@ -28,7 +28,7 @@ func (s *Store) ListKeys(ctx context.Context, req ListKeysRequest) (Page[Key], e
 	args := []any{req.WorkspaceID, req.Cursor}
 	if req.ExternalID != "" {
 		where += ` AND k.identity_id = (SELECT id FROM keystore_identities
-			WHERE workspace_id = ? AND external_id = ? AND tombstone = '')`
+			WHERE workspace_id = ? AND external_id = ? AND live = 1)`
 		args = append(args, req.WorkspaceID, req.ExternalID)
 	}
 	if req.KeySpaceID != "" {
@@ -90,7 +90,7 @@ func (s *Store) ListIdentities(ctx context.Context, req ListIdentitiesRequest) (
 	var rows []identityRow
 	err = s.read(ctx, func(ctx context.Context, db *sqlx.DB) error {
 		rows = nil
-		return db.SelectContext(ctx, &rows, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.tombstone = '' AND i.id > ?
+		return db.SelectContext(ctx, &rows, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.live = 1 AND i.id > ?
 			ORDER BY i.id LIMIT ?`, req.WorkspaceID, req.Cursor, limit+1)
 	})
 	if err != nil {

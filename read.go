@@ -42,7 +42,7 @@ func (s *Store) FindIdentity(ctx context.Context, workspaceID, externalID string
 	var row identityRow
 	err := s.read(ctx, func(ctx context.Context, db *sqlx.DB) error {
 		row = identityRow{}
-		return db.GetContext(ctx, &row, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.external_id = ? AND i.tombstone = ''`,
+		return db.GetContext(ctx, &row, selectIdentityFrom+`WHERE i.workspace_id = ? AND i.external_id = ? AND i.live = 1`,
 			workspaceID, externalID)
 	})
 	if errors.Is(err, sql.ErrNoRows) {
@@ -59,7 +59,7 @@ func (s *Store) FindIdentity(ctx context.Context, workspaceID, externalID string
 // found earlier in the transaction, it was deleted since.
 func readIdentityByID(ctx context.Context, tx *sqlx.Tx, id string) (Identity, error) {
 	var row identityRow
-	err := tx.GetContext(ctx, &row, selectIdentityFrom+`WHERE i.id = ? AND i.tombstone = ''`, id)
+	err := tx.GetContext(ctx, &row, selectIdentityFrom+`WHERE i.id = ? AND i.live = 1`, id)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Identity{}, errIdentityGone
 	}

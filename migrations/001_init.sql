@@ -3,31 +3,24 @@
 -- (the library never needs multiStatements). Each is idempotent.
 --
 -- Ids and names use binary collations: "User1" and "user1" are two identities.
+-- A live row has live = 1; a deleted row has live = NULL. NULLs never collide
+-- in a unique index, so a name can be deleted and created again any number of
+-- times while only one live row per name can exist.
 
 CREATE TABLE IF NOT EXISTS keystore_identities (
   id           VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
   workspace_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
   external_id  VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
-  -- '' while the identity is live, its own id once deleted: an external id
-  -- can be deleted and created again any number of times, and only one
-  -- live row per external id can exist.
-  tombstone    VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL DEFAULT '',
+  live         TINYINT NULL DEFAULT 1,
   meta         LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
   ratelimits   LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, -- JSON, as on keys
   created_at   DATETIME(6) NOT NULL,
   updated_at   DATETIME(6) NOT NULL,
   deleted_at   DATETIME(6) NULL,
-  -- The live identity is unique by primary key, so an INSERT of one that
-  -- exists stops at the clustered index, under a lock on that row alone.
-  -- With the id as primary key and a unique secondary index doing this, the
-  -- row went into the clustered index first and was taken out again, and
-  -- MySQL kept a gap lock where it had been until the transaction ended:
-  -- ids grow, so that was the end of the table, and every creation of a
-  -- new identity, in any workspace, waited for the transaction (MySQL 9.7).
-  PRIMARY KEY (workspace_id, external_id, tombstone),
-  UNIQUE KEY keystore_identities_id (id),
+  PRIMARY KEY (id),
+  UNIQUE KEY keystore_identities_live (workspace_id, external_id, live),
   -- ListIdentities: live rows of a workspace in id order, deleted ones skipped
-  KEY keystore_identities_list (workspace_id, tombstone, id)
+  KEY keystore_identities_list (workspace_id, live, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 ;
 CREATE TABLE IF NOT EXISTS keystore_keys (

@@ -213,12 +213,12 @@ func naiveCreateKey(ctx context.Context, db *sqlx.DB, workspaceID, externalID st
 
 	var identityID string
 	err = tx.GetContext(ctx, &identityID, `SELECT id FROM keystore_identities
-		WHERE workspace_id = ? AND external_id = ? AND tombstone = ''`, workspaceID, externalID)
+		WHERE workspace_id = ? AND external_id = ? AND live = 1`, workspaceID, externalID)
 	if errors.Is(err, sql.ErrNoRows) {
 		identityID = "id_naive_" + randomHex(16)
 		_, err = tx.ExecContext(ctx, `INSERT INTO keystore_identities
-			(id, workspace_id, external_id, created_at, updated_at)
-			VALUES (?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))`, identityID, workspaceID, externalID)
+			(id, workspace_id, external_id, live, created_at, updated_at)
+			VALUES (?, ?, ?, 1, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))`, identityID, workspaceID, externalID)
 	}
 	if err != nil {
 		return err

@@ -389,7 +389,7 @@ func TestGaleraNodeKilled(t *testing.T) {
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys k WHERE (SELECT COUNT(*) FROM keystore_key_permissions kp WHERE kp.key_id = k.id) <> 2`); n != 0 {
 		t.Fatalf("%d keys with a partial permission set", n)
 	}
-	if n := count(t, db, `SELECT COUNT(*) FROM (SELECT external_id FROM keystore_identities WHERE tombstone = '' GROUP BY external_id HAVING COUNT(*) > 1) d`); n != 0 {
+	if n := count(t, db, `SELECT COUNT(*) FROM (SELECT external_id FROM keystore_identities WHERE live = 1 GROUP BY external_id HAVING COUNT(*) > 1) d`); n != 0 {
 		t.Fatalf("%d external ids with more than one live identity", n)
 	}
 	rejoin, cancel := context.WithTimeout(ctx, 3*time.Minute)
