@@ -38,7 +38,7 @@ fi
 
 run=$(mktemp -d "$root/tmp/keystore-mysql.XXXXXX")
 inside=${run#"$root"}
-mysqld() { chroot "$root" /usr/sbin/mysqld --no-defaults --user=root --datadir="$inside/data" --log-error="$inside/error.log" "$@"; }
+args=(--no-defaults --user=root --datadir="$inside/data" --log-error="$inside/error.log")
 pid=
 cleanup() {
 	if [[ -n "$pid" ]]; then
@@ -48,11 +48,13 @@ cleanup() {
 	rm -rf "$run"
 }
 trap cleanup EXIT
+log_tail() { tail -n 20 "$run/error.log" >&2 2>/dev/null || true; }
 
-mysqld --initialize-insecure || { tail -n 20 "$run/error.log" >&2; no_mysql "mysqld --initialize failed"; }
+chroot "$root" /usr/sbin/mysqld "${args[@]}" --initialize-insecure || { log_tail; no_mysql "mysqld --initialize failed"; }
 echo "CREATE DATABASE demo;" >"$run/init.sql"
-mysqld --socket="$inside/mysqld.sock" --pid-file="$inside/mysqld.pid" --init-file="$inside/init.sql" \
-	--skip-networking --mysqlx=OFF --skip-log-bin --secure-file-priv= \
+# chroot execs mysqld, so $! is the server itself, which cleanup stops.
+chroot "$root" /usr/sbin/mysqld "${args[@]}" --socket="$inside/mysqld.sock" --pid-file="$inside/mysqld.pid" \
+	--init-file="$inside/init.sql" --skip-networking --mysqlx=OFF --skip-log-bin --secure-file-priv= \
 	--innodb-buffer-pool-size=128M --innodb-flush-log-at-trx-commit=2 --max-connections=500 &
 pid=$!
 for _ in $(seq 120); do
@@ -60,8 +62,7 @@ for _ in $(seq 120); do
 	kill -0 "$pid" 2>/dev/null || break
 	sleep 0.5
 done
-grep -q "ready for connections" "$run/error.log" 2>/dev/null ||
-	{ tail -n 20 "$run/error.log" >&2; no_mysql "mysqld did not start"; }
+grep -q "ready for connections" "$run/error.log" 2>/dev/null || { log_tail; no_mysql "mysqld did not start"; }
 echo "test-mysql: $(grep -o "Version: '[^']*'" "$run/error.log" | head -n 1) on $run/mysqld.sock"
 
 socket="$run/mysqld.sock"
