@@ -452,31 +452,11 @@ func TestCreateRoleRefreshSeesRolesRemovedMeanwhile(t *testing.T) {
 		k1, k2 = k2, k1 // k2 is recomputed second
 	}
 
-	blocker := holdAuditGap(t, db)
-	updated := make(chan error, 1)
-	go func() {
-		// Takes k2's row lock, drops its link to R, recomputes its sets,
-		// then waits at its audit INSERT.
-		_, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: k2.KeyID, Roles: keystore.Set([]string{})})
-		updated <- err
-	}()
-	waitLockWaits(t, db, 1)
-	roleDone := make(chan error, 1)
-	go func() {
-		// Adds b to R and refreshes k1 (snapshot taken), then waits for k2.
+	// The refresh recomputes k1 (its snapshot taken), then waits for k2.
+	revokeRolesDuring(t, s, db, k2.KeyID, func() error {
 		_, err := s.CreateRole(ctx, "ws", "R", []string{"a", "b"})
-		roleDone <- err
-	}()
-	waitLockWaits(t, db, 2)
-	if err := blocker.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-updated; err != nil {
-		t.Fatal(err)
-	}
-	if err := <-roleDone; err != nil {
-		t.Fatal(err)
-	}
+		return err
+	})
 
 	k, err := s.GetKey(ctx, "ws", k2.KeyID)
 	if err != nil {
@@ -514,27 +494,7 @@ func TestDeleteRoleRefreshSeesRolesRemovedMeanwhile(t *testing.T) {
 		t.Fatal("ids out of creation order")
 	}
 
-	blocker := holdAuditGap(t, db)
-	updated := make(chan error, 1)
-	go func() {
-		// Revokes every role of k2 (admin included), then waits at its
-		// audit INSERT holding k2's row.
-		_, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: k2.KeyID, Roles: keystore.Set([]string{})})
-		updated <- err
-	}()
-	waitLockWaits(t, db, 1)
-	deleted := make(chan error, 1)
-	go func() { deleted <- s.DeleteRole(ctx, "ws", "R") }()
-	waitLockWaits(t, db, 2)
-	if err := blocker.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-updated; err != nil {
-		t.Fatal(err)
-	}
-	if err := <-deleted; err != nil {
-		t.Fatal(err)
-	}
+	revokeRolesDuring(t, s, db, k2.KeyID, func() error { return s.DeleteRole(ctx, "ws", "R") })
 	k, err := s.GetKey(ctx, "ws", k2.KeyID)
 	if err != nil {
 		t.Fatal(err)
@@ -543,4 +503,31 @@ func TestDeleteRoleRefreshSeesRolesRemovedMeanwhile(t *testing.T) {
 		t.Errorf("revoked role still on the key: roles %v, permissions %v", k.Roles, k.Permissions)
 	}
 	checkCachedSets(t, db)
+}
+
+// revokeRolesDuring runs an UpdateKey that clears every role of keyID and
+// stops it at its audit INSERT, holding the key's lock (holdAuditGap);
+// then starts roleChange and waits until it waits for that key; then lets
+// both finish, failing the test if either fails.
+func revokeRolesDuring(t *testing.T, s *keystore.Store, db *sqlx.DB, keyID string, roleChange func() error) {
+	t.Helper()
+	blocker := holdAuditGap(t, db)
+	updated := make(chan error, 1)
+	go func() {
+		_, err := s.UpdateKey(context.Background(), keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: keyID, Roles: keystore.Set([]string{})})
+		updated <- err
+	}()
+	waitLockWaits(t, db, 1)
+	changed := make(chan error, 1)
+	go func() { changed <- roleChange() }()
+	waitLockWaits(t, db, 2)
+	if err := blocker.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-updated; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-changed; err != nil {
+		t.Fatal(err)
+	}
 }
