@@ -2,6 +2,7 @@ package keystore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync/atomic"
@@ -16,22 +17,43 @@ import (
 // for: many callers create keys for one new externalId, with the same new
 // permissions, at the same moment.
 func TestConcurrentCreateKeyOneNewExternalID(t *testing.T) {
-	// The losers' key INSERT reads the winner's identity and returns its id
-	// (MariaDB), or the id is read first (servers without RETURNING).
-	for _, returning := range []bool{true, false} {
-		t.Run(fmt.Sprintf("returning=%v", returning), func(t *testing.T) {
-			testConcurrentCreateKeyOneNewExternalID(t, returning)
-		})
+	// With a Store per caller, as in separate processes, the callers race
+	// on the server: the losers' key INSERT reads the winner's identity and
+	// returns its id (MariaDB), or the id is read first (servers without
+	// RETURNING). Through one Store, the first caller creates the identity
+	// and the others wait for it in the Store.
+	for _, stores := range []int{burstCallers, 1} {
+		for _, returning := range []bool{true, false} {
+			if stores == 1 && !returning {
+				continue // through one Store nobody races for the identity on the server
+			}
+			t.Run(fmt.Sprintf("stores=%d/returning=%v", stores, returning), func(t *testing.T) {
+				testConcurrentCreateKeyOneNewExternalID(t, stores, returning)
+			})
+		}
 	}
 }
 
-func testConcurrentCreateKeyOneNewExternalID(t *testing.T, returning bool) {
+// burstCallers is how many callers TestConcurrentCreateKeyOneNewExternalID
+// starts at once.
+const burstCallers = 64
+
+func testConcurrentCreateKeyOneNewExternalID(t *testing.T, stores int, returning bool) {
 	s, db := newStore(t)
+	callers := []*keystore.Store{s}
+	for len(callers) < stores {
+		other, err := keystore.New(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		callers = append(callers, other)
+	}
 	if !returning {
-		keystore.WithoutReturning(s)
+		for _, c := range callers {
+			keystore.WithoutReturning(c)
+		}
 	}
 	ctx := context.Background()
-	const workers = 64
 	rounds := 3
 	if short() {
 		rounds = 2
@@ -39,10 +61,10 @@ func testConcurrentCreateKeyOneNewExternalID(t *testing.T, returning bool) {
 	for round := range rounds {
 		ext := fmt.Sprintf("user-%d", round)
 		perms := []string{fmt.Sprintf("r%d.read", round), fmt.Sprintf("r%d.write", round), "shared.perm"}
-		created := make([]keystore.CreatedKey, workers)
-		errs := parallel(workers, func(i int) error {
+		created := make([]keystore.CreatedKey, burstCallers)
+		errs := parallel(burstCallers, func(i int) error {
 			var err error
-			created[i], err = s.CreateKey(ctx, keystore.CreateKeyRequest{
+			created[i], err = callers[i%len(callers)].CreateKey(ctx, keystore.CreateKeyRequest{
 				WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: ext, Permissions: perms,
 				Ratelimits: []keystore.Ratelimit{{Name: "requests", Limit: 100, Duration: time.Minute},
 					{Name: fmt.Sprintf("tokens-%d", round), Limit: 5, Duration: time.Second}},
@@ -69,17 +91,146 @@ func testConcurrentCreateKeyOneNewExternalID(t *testing.T, returning bool) {
 			}
 		}
 		// Every key is complete: owner, all permissions, both ratelimits.
-		if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE identity_id = ?`, identity.ID); n != workers {
-			t.Fatalf("round %d: %d keys linked to the identity, want %d", round, n, workers)
+		if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE identity_id = ?`, identity.ID); n != burstCallers {
+			t.Fatalf("round %d: %d keys linked to the identity, want %d", round, n, burstCallers)
 		}
 		if n := count(t, db, `SELECT COUNT(*) FROM keystore_key_permissions kp JOIN keystore_keys k ON k.id = kp.key_id
-			WHERE k.identity_id = ?`, identity.ID); n != workers*len(perms) {
-			t.Fatalf("round %d: %d permission links, want %d", round, n, workers*len(perms))
+			WHERE k.identity_id = ?`, identity.ID); n != burstCallers*len(perms) {
+			t.Fatalf("round %d: %d permission links, want %d", round, n, burstCallers*len(perms))
 		}
 		if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE identity_id = ?
-			AND JSON_LENGTH(ratelimits) = 2 AND JSON_LENGTH(permissions) = ?`, identity.ID, len(perms)); n != workers {
-			t.Fatalf("round %d: %d keys carry both ratelimits and all permissions, want %d", round, n, workers)
+			AND JSON_LENGTH(ratelimits) = 2 AND JSON_LENGTH(permissions) = ?`, identity.ID, len(perms)); n != burstCallers {
+			t.Fatalf("round %d: %d keys carry both ratelimits and all permissions, want %d", round, n, burstCallers)
 		}
+	}
+}
+
+// TestConcurrentEnsureIdentity: callers of EnsureIdentity for one new
+// externalId, through a Store each (racing on the server) or one Store, all
+// get the one identity, whose creation is audited once.
+func TestConcurrentEnsureIdentity(t *testing.T) {
+	for _, stores := range []int{burstCallers, 1} {
+		t.Run(fmt.Sprintf("stores=%d", stores), func(t *testing.T) {
+			s, db := newStore(t)
+			callers := []*keystore.Store{s}
+			for len(callers) < stores {
+				other, err := keystore.New(db)
+				if err != nil {
+					t.Fatal(err)
+				}
+				callers = append(callers, other)
+			}
+			for round := range 3 {
+				ext := fmt.Sprint("user-", round)
+				ids := make([]string, burstCallers)
+				failOnErrors(t, parallel(burstCallers, func(i int) error {
+					identity, err := callers[i%len(callers)].EnsureIdentity(context.Background(), "ws", ext)
+					ids[i] = identity.ID
+					return err
+				}))
+				if distinct := slices.Compact(slices.Sorted(slices.Values(ids))); len(distinct) != 1 || distinct[0] == "" {
+					t.Fatalf("round %d: identities %q, want one", round, distinct)
+				}
+				if n := count(t, db, `SELECT COUNT(*) FROM keystore_identities WHERE external_id = ?`, ext); n != 1 {
+					t.Fatalf("round %d: %d identities, want 1", round, n)
+				}
+				if n := count(t, db, `SELECT COUNT(*) FROM keystore_audit_events WHERE event = 'identity.create' AND identity_id = ?`, ids[0]); n != 1 {
+					t.Fatalf("round %d: %d identity.create events, want 1", round, n)
+				}
+			}
+		})
+	}
+}
+
+// TestCreateKeyWaitsForTheStoresOwnCreation: while one call of a Store
+// creates an identity, the Store's other calls for it wait in the Store, not
+// on the server, and then use it, or create it if that call failed; a call
+// whose ctx ends meanwhile writes nothing.
+func TestCreateKeyWaitsForTheStoresOwnCreation(t *testing.T) {
+	for _, firstFails := range []bool{false, true} {
+		t.Run(fmt.Sprintf("firstFails=%v", firstFails), func(t *testing.T) {
+			testCreateKeyWaitsForTheStoresOwnCreation(t, firstFails)
+		})
+	}
+}
+
+func testCreateKeyWaitsForTheStoresOwnCreation(t *testing.T, firstFails bool) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	// An uncommitted identity for the same externalId stops the first
+	// call's INSERT until the blocker rolls back.
+	blocker, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback()
+	if _, err := blocker.Exec(`INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at)
+		VALUES ('id_blocker', 'ws', 'new-user', 1, NOW(6), NOW(6))`); err != nil {
+		t.Fatal(err)
+	}
+	req := keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "new-user"}
+	first := req
+	if firstFails {
+		first.Roles = []string{"no-such-role"} // ErrNotFound, after creating the identity
+	}
+	firstErr := make(chan error, 1)
+	go func() {
+		_, err := s.CreateKey(ctx, first)
+		firstErr <- err
+	}()
+	waitLockWaits(t, db, 1)
+
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, err := s.CreateKey(short, req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("CreateKey with a context that ended while waiting: %v, want context.DeadlineExceeded", err)
+	}
+	const waiting = 8
+	type result struct {
+		identityID string
+		err        error
+	}
+	results := make(chan result, waiting)
+	for range waiting {
+		go func() {
+			k, err := s.CreateKey(ctx, req)
+			results <- result{k.IdentityID, err}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := lockWaits(t, db); n != 1 {
+		t.Fatalf("%d transactions wait for a lock on the server, want 1 (the first call's)", n)
+	}
+	if err := blocker.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-firstErr; firstFails != errors.Is(err, keystore.ErrNotFound) || !firstFails && err != nil {
+		t.Fatalf("first call: %v", err)
+	}
+	identity := ""
+	for range waiting {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if identity == "" {
+			identity = r.identityID
+		} else if r.identityID != identity {
+			t.Fatalf("keys owned by %s and %s, want one identity", identity, r.identityID)
+		}
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_identities WHERE external_id = 'new-user'`); n != 1 {
+		t.Fatalf("%d identities, want 1", n)
+	}
+	keys := waiting // none from the call that gave up or the one that failed
+	if !firstFails {
+		keys++
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys`); n != keys {
+		t.Fatalf("%d keys, want %d", n, keys)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE identity_id = ?`, identity); n != keys {
+		t.Fatalf("%d keys owned by %s, want all %d", n, identity, keys)
 	}
 }
 

@@ -1,6 +1,10 @@
 package keystore
 
-import "sync"
+import (
+	"context"
+	"fmt"
+	"sync"
+)
 
 // identityHints remembers the identities this Store has committed links to
 // (external id -> identity id), to choose CreateKey's first statement: for
@@ -11,8 +15,9 @@ import "sync"
 // since: the key's INSERT that inserts nothing, then a read). It is safe
 // for concurrent use.
 type identityHints struct {
-	mu   sync.Mutex
-	seen map[string]string
+	mu      sync.Mutex
+	seen    map[string]string
+	pending map[string]chan struct{} // closed when that creation ends
 }
 
 // maxIdentityHints bounds the memory: when full, the hints start over.
@@ -53,4 +58,43 @@ func (h *identityHints) forget(workspaceID, externalID string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.seen, hintKey(workspaceID, externalID))
+}
+
+// claim lets one call at a time create an identity this Store has not seen,
+// so that a burst of calls for one new externalID in this process does not
+// race on the server: the first call claims it and must call release once
+// its transaction ended (after add, if it committed); later calls wait for
+// that, off the database (holding no connection and no lock), and then go
+// on with the hint the first one left. A call that waited does not claim:
+// if the first call failed, the rest race on the server as callers in other
+// processes always do, which the identity protocol makes safe. ctx ends the
+// wait.
+func (h *identityHints) claim(ctx context.Context, workspaceID, externalID string) (release func(), err error) {
+	k := hintKey(workspaceID, externalID)
+	h.mu.Lock()
+	if _, ok := h.seen[k]; ok {
+		h.mu.Unlock()
+		return func() {}, nil
+	}
+	if ch, ok := h.pending[k]; ok {
+		h.mu.Unlock()
+		select {
+		case <-ch:
+			return func() {}, nil
+		case <-ctx.Done():
+			return func() {}, fmt.Errorf("keystore: %w (waiting for this Store's creation of the identity)", ctx.Err())
+		}
+	}
+	if h.pending == nil {
+		h.pending = make(map[string]chan struct{})
+	}
+	ch := make(chan struct{})
+	h.pending[k] = ch
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		delete(h.pending, k)
+		h.mu.Unlock()
+		close(ch)
+	}, nil
 }

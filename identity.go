@@ -303,16 +303,23 @@ func anys(values []string) []any {
 
 // EnsureIdentity returns the live identity of externalID in workspaceID,
 // creating it when there is none. Concurrent callers for one externalID all
-// succeed and get the same identity. An identity.create audit event is
-// written only when this call created the identity.
+// succeed and get the same identity; callers sharing a Store wait for its
+// first call to create it, as in [Store.CreateKey]. An identity.create
+// audit event is written only when this call created the identity.
 //
 // Errors: ErrInvalidInput for an invalid workspaceID or externalID;
-// otherwise the errors of [WithRetryTx].
+// ctx.Err(), wrapped, when ctx ends during that wait; otherwise the errors
+// of [WithRetryTx].
 func (s *Store) EnsureIdentity(ctx context.Context, workspaceID, externalID string) (Identity, error) {
 	if err := validateIdentityRef(workspaceID, externalID); err != nil {
 		return Identity{}, err
 	}
 	now := s.clock()
+	release, err := s.hints.claim(ctx, workspaceID, externalID)
+	if err != nil {
+		return Identity{}, err
+	}
+	defer release()
 	// READ COMMITTED: the final read must see an identity that a racing
 	// transaction committed after this one's first read.
 	_, seen := s.hints.get(workspaceID, externalID)

@@ -16,11 +16,15 @@ import (
 // identity, created if needed; missing permissions are created; every role
 // must exist. All of it commits in one transaction, retried on deadlocks, so
 // any number of concurrent callers for one new ExternalID all succeed and
-// exactly one identity exists.
+// exactly one identity exists. Callers in one process that share a Store do
+// not even race for it: while one call creates an owner the Store has not
+// seen, the Store's other calls for that owner wait for it (holding no
+// connection) and then use what it created.
 //
 // Errors: ErrInvalidInput (a *ValidationError naming the field) when req is
 // invalid; ErrNotFound when a role does not exist. In both cases nothing is
-// written. Otherwise the errors of [WithRetryTx].
+// written. ctx ending while the call waits for the Store's own creation of
+// the owner: ctx.Err(), wrapped. Otherwise the errors of [WithRetryTx].
 //
 // Statements: 4 for an identity this Store has linked a key to before
 // (BEGIN, insert key reading the identity, audit event, COMMIT); 5 for a new
@@ -43,6 +47,13 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 	permissions, roles := sortedUnique(req.Permissions), sortedUnique(req.Roles)
 	plaintext, start, hash := newSecret(req.Prefix, req.ByteLength)
 	keyID := newID("key")
+	if req.ExternalID != "" {
+		release, err := s.hints.claim(ctx, req.WorkspaceID, req.ExternalID)
+		if err != nil {
+			return CreatedKey{}, err
+		}
+		defer release()
+	}
 
 	identityID, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (string, error) {
 		cols := []any{keyID, req.WorkspaceID, req.KeySpaceID, hash, start, nullString(req.Name),

@@ -399,9 +399,7 @@ func waitLockWaits(t *testing.T, db *sqlx.DB, n int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		got := count(t, db, `SELECT COUNT(*) FROM information_schema.INNODB_TRX t
-			JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
-			WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()`)
+		got := lockWaits(t, db)
 		if got >= n {
 			return
 		}
@@ -410,6 +408,14 @@ func waitLockWaits(t *testing.T, db *sqlx.DB, n int) {
 		}
 		time.Sleep(150 * time.Millisecond)
 	}
+}
+
+// lockWaits counts the transactions of db's database waiting for a lock.
+func lockWaits(t *testing.T, db *sqlx.DB) int {
+	t.Helper()
+	return count(t, db, `SELECT COUNT(*) FROM information_schema.INNODB_TRX t
+		JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
+		WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()`)
 }
 
 // holdAuditGap starts a transaction that locks the end of the audit table,
