@@ -31,6 +31,9 @@ import (
 //
 //	keystore     Store.CreateKey (plain read, INSERT, on 1062 a shared-lock read)
 //	keystore-noaudit  the same, with WithoutAudit: one statement less
+//	keystore-stores  keystore-noaudit with a Store per worker, as callers in
+//	             separate processes: no Store sees another's creation, so a
+//	             hot burst races on the server (scenario hot only)
 //	seed-naive   find-then-insert, no retry: a 1062 or 1213 is an error
 //	seed-retry3  the seed's fix: the whole transaction up to 3 times, no
 //	             backoff, on 1062/1213; after a duplicate the identity is
@@ -92,6 +95,9 @@ func BenchmarkCreateKey(b *testing.B) {
 				if sh.name == "floor-identity" && sc.name != "new" {
 					continue // its INSERT of the identity fails when it exists
 				}
+				if sh.stores > 0 && sc.name != "hot" {
+					continue // the same as keystore-noaudit unless callers race
+				}
 				b.Run("shape="+sh.name, func(b *testing.B) {
 					benchCreateKey(b, sc.name, sc.workers, sh)
 				})
@@ -134,12 +140,15 @@ type benchShape struct {
 	name string
 	fn   baseline          // nil for keystore, which goes through the Store
 	opts []keystore.Option // of that Store
+	// stores > 0: operation i goes through Store i % stores, all on one pool
+	stores int
 }
 
 func benchShapes() []benchShape {
 	return []benchShape{
 		{name: "keystore"},
 		{name: "keystore-noaudit", opts: []keystore.Option{keystore.WithoutAudit()}},
+		{name: "keystore-stores", opts: []keystore.Option{keystore.WithoutAudit()}, stores: hotBurst},
 		{name: "seed-naive", fn: seedNaive},
 		{name: "seed-retry3", fn: seedRetry3(false)},
 		{name: "seed-retry3+audit", fn: seedRetry3(true)},
@@ -154,13 +163,17 @@ func benchCreateKey(b *testing.B, scenario string, workers int, sh benchShape) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	ctx, store, db, counters := newBenchStore(ctx, b, sh.opts...)
-	op := func(ctx context.Context, externalID string) error {
-		_, err := store.CreateKey(ctx, keystore.CreateKeyRequest{
+	stores := []*keystore.Store{store}
+	for len(stores) < sh.stores {
+		stores = append(stores, counters.store(b, db, sh.opts...))
+	}
+	op := func(ctx context.Context, i int, externalID string) error {
+		_, err := stores[i%len(stores)].CreateKey(ctx, keystore.CreateKeyRequest{
 			WorkspaceID: benchWorkspace, KeySpaceID: benchKeySpace, ExternalID: externalID})
 		return err
 	}
 	if sh.fn != nil {
-		op = func(ctx context.Context, externalID string) error {
+		op = func(ctx context.Context, _ int, externalID string) error {
 			return sh.fn(ctx, db, benchWorkspace, externalID)
 		}
 	}
@@ -175,12 +188,12 @@ func benchCreateKey(b *testing.B, scenario string, workers int, sh benchShape) {
 	errs := measured(b, db, min(2*workers, 90), func(timed func(i int, op func() error)) {
 		switch scenario {
 		case "new":
-			runWorkers(b.N, workers, func(i int) { timed(i, func() error { return op(ctx, fmt.Sprintf("new-%d", i)) }) })
+			runWorkers(b.N, workers, func(i int) { timed(i, func() error { return op(ctx, i, fmt.Sprintf("new-%d", i)) }) })
 		case "existing":
-			runWorkers(b.N, workers, func(i int) { timed(i, func() error { return op(ctx, "existing") }) })
+			runWorkers(b.N, workers, func(i int) { timed(i, func() error { return op(ctx, i, "existing") }) })
 		case "hot":
 			runBursts(b.N, workers, func(burst, i int) {
-				timed(i, func() error { return op(ctx, fmt.Sprintf("hot-%d", burst)) })
+				timed(i, func() error { return op(ctx, i, fmt.Sprintf("hot-%d", burst)) })
 			})
 		default:
 			b.Fatalf("unknown scenario %q", scenario)
@@ -195,10 +208,24 @@ func benchCreateKey(b *testing.B, scenario string, workers int, sh benchShape) {
 func newBenchStore(ctx context.Context, b *testing.B, opts ...keystore.Option) (context.Context, *keystore.Store, *sqlx.DB, *benchCounters) {
 	b.Helper()
 	counters := &benchCounters{retries: map[string]int{}, errs: map[string]int{}}
-	store, db := newStore(b, append(slices.Clone(opts), keystore.WithRetryOptions(keystore.OnRetry(func(_ int, err error) {
-		counters.retry(err)
-	})))...)
+	store, db := newStore(b, counters.withRetries(opts)...)
 	return context.WithValue(ctx, benchCountersKey{}, counters), store, db, counters
+}
+
+// withRetries returns opts and an OnRetry option that counts retries in c.
+func (c *benchCounters) withRetries(opts []keystore.Option) []keystore.Option {
+	return append(slices.Clone(opts), keystore.WithRetryOptions(keystore.OnRetry(func(_ int, err error) {
+		c.retry(err)
+	})))
+}
+
+// store returns another Store (with opts) on db, whose retries c counts.
+func (c *benchCounters) store(b *testing.B, db *sqlx.DB, opts ...keystore.Option) *keystore.Store {
+	s, err := keystore.New(db, c.withRetries(opts)...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
 }
 
 // measured runs the timed part of a benchmark: it opens warm connections
