@@ -2,6 +2,7 @@ package keystore_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -185,14 +186,19 @@ func testCreateKeyWaitsForTheStoresOwnCreation(t *testing.T, firstFails bool) {
 	if _, err := s.CreateKey(short, req); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("CreateKey with a context that ended while waiting: %v, want context.DeadlineExceeded", err)
 	}
-	const waiting = 8
+	const waiting = 8 // half CreateKey, half EnsureIdentity
 	type result struct {
 		identityID string
 		err        error
 	}
 	results := make(chan result, waiting)
-	for range waiting {
+	for i := range waiting {
 		go func() {
+			if i%2 == 1 {
+				identity, err := s.EnsureIdentity(ctx, req.WorkspaceID, req.ExternalID)
+				results <- result{identity.ID, err}
+				return
+			}
 			k, err := s.CreateKey(ctx, req)
 			results <- result{k.IdentityID, err}
 		}()
@@ -222,7 +228,7 @@ func testCreateKeyWaitsForTheStoresOwnCreation(t *testing.T, firstFails bool) {
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_identities WHERE external_id = 'new-user'`); n != 1 {
 		t.Fatalf("%d identities, want 1", n)
 	}
-	keys := waiting // none from the call that gave up or the one that failed
+	keys := waiting / 2 // none from the call that gave up or the one that failed
 	if !firstFails {
 		keys++
 	}
@@ -231,6 +237,95 @@ func testCreateKeyWaitsForTheStoresOwnCreation(t *testing.T, firstFails bool) {
 	}
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE identity_id = ?`, identity); n != keys {
 		t.Fatalf("%d keys owned by %s, want all %d", n, identity, keys)
+	}
+}
+
+// TestStoreCallersDoNotWaitForAFoundOwner: the Store's first call for an
+// owner it has not seen lets the others go as soon as it found the owner
+// there, not when its transaction ends (here it waits for a role's lock).
+func TestStoreCallersDoNotWaitForAFoundOwner(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	other, err := keystore.New(db) // another process
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.EnsureIdentity(ctx, "ws", "owner"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateRole(ctx, "ws", "locked", nil); err != nil {
+		t.Fatal(err)
+	}
+	blocker, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blocker.Rollback()
+	if _, err := blocker.Exec(`SELECT id FROM keystore_roles WHERE name = 'locked' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	go func() {
+		_, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "owner", Roles: []string{"locked"}})
+		first <- err
+	}()
+	waitLockWaits(t, db, 1)
+
+	short, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := s.CreateKey(short, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "owner"}); err != nil {
+		t.Fatalf("CreateKey while the Store's first call for the owner waits for a role: %v", err)
+	}
+	if _, err := s.EnsureIdentity(short, "ws", "owner"); err != nil {
+		t.Fatalf("EnsureIdentity while the Store's first call for the owner waits for a role: %v", err)
+	}
+	if err := blocker.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDuplicateOwnerInsertHoldsUpNoNewOwner: a transaction whose INSERT of
+// an owner found it there (a race's loser) and is still open does not stop
+// other owners from being created. On MySQL at REPEATABLE READ it does
+// (README, Compatibility): that combination is skipped, and
+// scripts/test-mysql.sh runs the suite at READ COMMITTED as well.
+func TestDuplicateOwnerInsertHoldsUpNoNewOwner(t *testing.T) {
+	s, db := newStore(t)
+	if !isMariaDB(t, db) {
+		var level string
+		if err := db.Get(&level, `SELECT @@transaction_isolation`); err != nil {
+			t.Fatal(err)
+		}
+		if level == "REPEATABLE-READ" {
+			t.Skip("MySQL at REPEATABLE READ: the known limitation; see README, Compatibility")
+		}
+	}
+	ctx := context.Background()
+	if _, err := s.EnsureIdentity(ctx, "ws", "taken"); err != nil {
+		t.Fatal(err)
+	}
+	loser, err := db.Beginx() // at the session's level, as the Store's transactions
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loser.Rollback()
+	_, err = loser.Exec(`INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at)
+		VALUES ('id_ffffffffffffffffffffffffffffffff', 'ws', 'taken', 1, NOW(6), NOW(6))`)
+	if !keystore.IsDuplicateKey(err) {
+		t.Fatalf("INSERT of an existing owner: %v, want a duplicate-key error", err)
+	}
+	// The duplicate check also share-locks the gap just before the owner
+	// it found in the (workspace, external id) index, on every server: an
+	// owner that sorts into that gap waits too. These sort after it.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, owner := range [][2]string{{"ws", "user-1"}, {"ws-2", "a"}} {
+		if _, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: owner[0], KeySpaceID: "ks", ExternalID: owner[1]}); err != nil {
+			t.Fatalf("CreateKey for new owner %v while a duplicate INSERT is open: %v", owner, err)
+		}
 	}
 }
 

@@ -62,27 +62,29 @@ func (h *identityHints) forget(workspaceID, externalID string) {
 
 // claim lets one call at a time create an identity this Store has not seen,
 // so that a burst of calls for one new externalID in this process does not
-// race on the server: the first call claims it and must call release once
-// its transaction ended (after add, if it committed); later calls wait for
-// that, off the database (holding no connection and no lock), and then go
-// on with the hint the first one left. A call that waited does not claim:
-// if the first call failed, the rest race on the server as callers in other
-// processes always do, which the identity protocol makes safe. ctx ends the
-// wait.
+// race on the server. The first call claims it and gets a release function,
+// which it must call once it knows the identity: at once when its
+// transaction found the identity there (after add), else when the
+// transaction ended (after add, if it committed); calling release again
+// does nothing. Later calls wait for that, off the database (holding no
+// connection and no lock), and then go on with the hint the first one left;
+// they get a nil release. A call that waited does not claim: if the first
+// call failed, the rest race on the server as callers in other processes
+// always do, which the identity protocol makes safe. ctx ends the wait.
 func (h *identityHints) claim(ctx context.Context, workspaceID, externalID string) (release func(), err error) {
 	k := hintKey(workspaceID, externalID)
 	h.mu.Lock()
 	if _, ok := h.seen[k]; ok {
 		h.mu.Unlock()
-		return func() {}, nil
+		return nil, nil
 	}
 	if ch, ok := h.pending[k]; ok {
 		h.mu.Unlock()
 		select {
 		case <-ch:
-			return func() {}, nil
+			return nil, nil
 		case <-ctx.Done():
-			return func() {}, fmt.Errorf("keystore: %w (waiting for this Store's creation of the identity)", ctx.Err())
+			return nil, fmt.Errorf("keystore: %w (waiting for this Store's creation of the identity)", ctx.Err())
 		}
 	}
 	if h.pending == nil {
@@ -91,10 +93,20 @@ func (h *identityHints) claim(ctx context.Context, workspaceID, externalID strin
 	ch := make(chan struct{})
 	h.pending[k] = ch
 	h.mu.Unlock()
-	return func() {
+	return sync.OnceFunc(func() {
 		h.mu.Lock()
 		delete(h.pending, k)
 		h.mu.Unlock()
 		close(ch)
-	}, nil
+	}), nil
+}
+
+// found records that the identity claimed with release exists (it was not
+// created by this call) and lets the calls waiting for it go on. release
+// may be nil (nothing claimed).
+func (h *identityHints) found(release func(), workspaceID, externalID, identityID string) {
+	if release != nil {
+		h.add(workspaceID, externalID, identityID)
+		release()
+	}
 }

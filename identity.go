@@ -319,7 +319,9 @@ func (s *Store) EnsureIdentity(ctx context.Context, workspaceID, externalID stri
 	if err != nil {
 		return Identity{}, err
 	}
-	defer release()
+	if release != nil {
+		defer release()
+	}
 	// READ COMMITTED: the final read must see an identity that a racing
 	// transaction committed after this one's first read.
 	_, seen := s.hints.get(workspaceID, externalID)
@@ -331,6 +333,7 @@ func (s *Store) EnsureIdentity(ctx context.Context, workspaceID, externalID stri
 		if row.created {
 			return row.identity(), s.writeAudit(ctx, tx, now, workspaceID, audit{event: EventIdentityCreate, identityID: row.ID})
 		}
+		s.hints.found(release, workspaceID, externalID, row.ID)
 		return readIdentityByID(ctx, tx, row.ID)
 	}, readCommitted)
 	if err == nil {

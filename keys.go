@@ -16,10 +16,10 @@ import (
 // identity, created if needed; missing permissions are created; every role
 // must exist. All of it commits in one transaction, retried on deadlocks, so
 // any number of concurrent callers for one new ExternalID all succeed and
-// exactly one identity exists. Callers in one process that share a Store do
-// not even race for it: while one call creates an owner the Store has not
-// seen, the Store's other calls for that owner wait for it (holding no
-// connection) and then use what it created.
+// exactly one identity exists. Callers that share a Store do not even race
+// for it: while one call gets an owner the Store has not seen, the Store's
+// other calls for that owner wait (holding no connection) until it has
+// created or found the owner, and then use it.
 //
 // Errors: ErrInvalidInput (a *ValidationError naming the field) when req is
 // invalid; ErrNotFound when a role does not exist. In both cases nothing is
@@ -47,12 +47,14 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 	permissions, roles := sortedUnique(req.Permissions), sortedUnique(req.Roles)
 	plaintext, start, hash := newSecret(req.Prefix, req.ByteLength)
 	keyID := newID("key")
+	var release func() // non-nil while this call holds the Store's claim on the owner
 	if req.ExternalID != "" {
-		release, err := s.hints.claim(ctx, req.WorkspaceID, req.ExternalID)
-		if err != nil {
+		if release, err = s.hints.claim(ctx, req.WorkspaceID, req.ExternalID); err != nil {
 			return CreatedKey{}, err
 		}
-		defer release()
+		if release != nil {
+			defer release()
+		}
 	}
 
 	identityID, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (string, error) {
@@ -75,6 +77,8 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 			events[0].identityID = identityID
 			if identity.created {
 				events = append(events, audit{event: EventIdentityCreate, identityID: identityID})
+			} else {
+				s.hints.found(release, req.WorkspaceID, req.ExternalID, identityID)
 			}
 		}
 		if err := ensurePermissions(ctx, tx, now, req.WorkspaceID, permissions); err != nil {

@@ -2,6 +2,7 @@ package keystore_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -421,9 +422,11 @@ func lockWaits(t *testing.T, db *sqlx.DB) int {
 // holdAuditGap starts a transaction that locks the end of the audit table,
 // so that any write reaching its audit INSERT stops there, holding every
 // lock it took before. Committing the returned transaction lets them go.
+// It runs at REPEATABLE READ whatever the session's level: at READ
+// COMMITTED its locking read would lock no gap.
 func holdAuditGap(t *testing.T, db *sqlx.DB) *sqlx.Tx {
 	t.Helper()
-	blocker, err := db.Beginx()
+	blocker, err := db.BeginTxx(context.Background(), &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
 	if err != nil {
 		t.Fatal(err)
 	}
