@@ -287,11 +287,12 @@ func TestStoreCallersDoNotWaitForAFoundOwner(t *testing.T) {
 	}
 }
 
-// TestDuplicateOwnerInsertHoldsUpNoNewOwner: a transaction whose INSERT of
-// an owner found it there (a race's loser) and is still open does not stop
-// other owners from being created. On MySQL at REPEATABLE READ it does
-// (README, Compatibility): that combination is skipped, and
-// scripts/test-mysql.sh runs the suite at READ COMMITTED as well.
+// TestDuplicateOwnerInsertHoldsUpNoNewOwner: a CreateKey whose INSERT of
+// its owner found it there (a race's loser, or a Store that had not seen
+// the owner) and which is still running does not stop other owners from
+// being created. On MySQL at REPEATABLE READ it does (README,
+// Compatibility): that combination is skipped, and scripts/test-mysql.sh
+// runs the package at READ COMMITTED as well.
 func TestDuplicateOwnerInsertHoldsUpNoNewOwner(t *testing.T) {
 	s, db := newStore(t)
 	if !isMariaDB(t, db) {
@@ -307,25 +308,45 @@ func TestDuplicateOwnerInsertHoldsUpNoNewOwner(t *testing.T) {
 	if _, err := s.EnsureIdentity(ctx, "ws", "taken"); err != nil {
 		t.Fatal(err)
 	}
-	loser, err := db.Beginx() // at the session's level, as the Store's transactions
+	if _, err := s.CreateRole(ctx, "ws", "locked", nil); err != nil {
+		t.Fatal(err)
+	}
+	blocker, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer loser.Rollback()
-	_, err = loser.Exec(`INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at)
-		VALUES ('id_ffffffffffffffffffffffffffffffff', 'ws', 'taken', 1, NOW(6), NOW(6))`)
-	if !keystore.IsDuplicateKey(err) {
-		t.Fatalf("INSERT of an existing owner: %v, want a duplicate-key error", err)
+	defer blocker.Rollback()
+	if _, err := blocker.Exec(`SELECT id FROM keystore_roles WHERE name = 'locked' FOR UPDATE`); err != nil {
+		t.Fatal(err)
 	}
+	// Another process's Store, which has not seen the owner: its INSERT of
+	// the owner finds it, then the role's lock stops it.
+	other, err := keystore.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loser := make(chan error, 1)
+	go func() {
+		_, err := other.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "taken", Roles: []string{"locked"}})
+		loser <- err
+	}()
+	waitLockWaits(t, db, 1)
+
 	// The duplicate check also share-locks the gap just before the owner
 	// it found in the (workspace, external id) index, on every server: an
 	// owner that sorts into that gap waits too. These sort after it.
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	short, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for _, owner := range [][2]string{{"ws", "user-1"}, {"ws-2", "a"}} {
-		if _, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: owner[0], KeySpaceID: "ks", ExternalID: owner[1]}); err != nil {
-			t.Fatalf("CreateKey for new owner %v while a duplicate INSERT is open: %v", owner, err)
+		if _, err := s.CreateKey(short, keystore.CreateKeyRequest{WorkspaceID: owner[0], KeySpaceID: "ks", ExternalID: owner[1]}); err != nil {
+			t.Fatalf("CreateKey for new owner %v while another's INSERT of an existing owner is open: %v", owner, err)
 		}
+	}
+	if err := blocker.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-loser; err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -6,8 +6,8 @@ import (
 	"sync"
 )
 
-// identityHints remembers the identities this Store has committed links to
-// (external id -> identity id), to choose CreateKey's first statement: for
+// identityHints remembers identities this Store knows to be committed, found
+// or linked to (external id -> identity id), to choose CreateKey's first statement: for
 // an identity seen before, the key's INSERT reads the owner itself; for one
 // never seen, the identity's INSERT goes first. A hint is a guess and
 // nothing more: a wrong one costs a statement or two (an identity created
@@ -37,7 +37,7 @@ func (h *identityHints) get(workspaceID, externalID string) (string, bool) {
 	return id, ok
 }
 
-// add remembers identityID, which a committed transaction linked to.
+// add remembers identityID, an identity known to be committed.
 func (h *identityHints) add(workspaceID, externalID, identityID string) {
 	if h == nil {
 		return
@@ -63,9 +63,8 @@ func (h *identityHints) forget(workspaceID, externalID string) {
 // claim lets one call at a time create an identity this Store has not seen,
 // so that a burst of calls for one new externalID in this process does not
 // race on the server. The first call claims it and gets a release function,
-// which it must call once it knows the identity: at once when its
-// transaction found the identity there (after add), else when the
-// transaction ended (after add, if it committed); calling release again
+// which it must call when its transaction ended (after add, if it
+// committed), and may call earlier through found; calling release again
 // does nothing. Later calls wait for that, off the database (holding no
 // connection and no lock), and then go on with the hint the first one left;
 // they get a nil release. A call that waited does not claim: if the first
@@ -101,9 +100,10 @@ func (h *identityHints) claim(ctx context.Context, workspaceID, externalID strin
 	}), nil
 }
 
-// found records that the identity claimed with release exists (it was not
-// created by this call) and lets the calls waiting for it go on. release
-// may be nil (nothing claimed).
+// found records that the identity claimed with release exists, committed
+// by another transaction, and lets the calls waiting for it go on now
+// rather than when this call's transaction ends (CreateKey's may wait for
+// role locks and retry). release may be nil (nothing claimed).
 func (h *identityHints) found(release func(), workspaceID, externalID, identityID string) {
 	if release != nil {
 		h.add(workspaceID, externalID, identityID)

@@ -333,7 +333,6 @@ func (s *Store) EnsureIdentity(ctx context.Context, workspaceID, externalID stri
 		if row.created {
 			return row.identity(), s.writeAudit(ctx, tx, now, workspaceID, audit{event: EventIdentityCreate, identityID: row.ID})
 		}
-		s.hints.found(release, workspaceID, externalID, row.ID)
 		return readIdentityByID(ctx, tx, row.ID)
 	}, readCommitted)
 	if err == nil {

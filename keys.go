@@ -19,7 +19,7 @@ import (
 // exactly one identity exists. Callers that share a Store do not even race
 // for it: while one call gets an owner the Store has not seen, the Store's
 // other calls for that owner wait (holding no connection) until it has
-// created or found the owner, and then use it.
+// found the owner or committed it, and then use it.
 //
 // Errors: ErrInvalidInput (a *ValidationError naming the field) when req is
 // invalid; ErrNotFound when a role does not exist. In both cases nothing is
