@@ -78,14 +78,19 @@ func run() error {
 	}
 	defer db.Close()
 
-	// 2. A Store that counts the transactions it had to run again.
+	// 2. A Store per goroutine, as n service instances would each have, so
+	//    that the calls race on the server (a Store's own calls for an owner
+	//    it has not seen wait for the first of them instead). They count the
+	//    transactions they had to run again.
 	var retries atomic.Int64
-	store, err := keystore.New(db, keystore.WithRetryOptions(
-		keystore.OnRetry(func(attempt int, err error) { retries.Add(1) })))
-	if err != nil {
-		return err
+	stores := make([]*keystore.Store, *n)
+	for i := range stores {
+		if stores[i], err = keystore.New(db, keystore.WithRetryOptions(
+			keystore.OnRetry(func(attempt int, err error) { retries.Add(1) }))); err != nil {
+			return err
+		}
 	}
-	if err := store.Migrate(ctx); err != nil {
+	if err := stores[0].Migrate(ctx); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 
@@ -94,11 +99,11 @@ func run() error {
 	suffix := randomHex(3)
 	workspaceID, externalID := "ws_demo_"+suffix, "customer-"+suffix
 	permissions := []string{"documents.read", "documents.write"}
-	fmt.Printf("\nkeystore.CreateKey: %d goroutines, one new externalId %q, new permissions %v\n", *n, externalID, permissions)
+	fmt.Printf("\nkeystore.CreateKey: %d goroutines, a Store each, one new externalId %q, new permissions %v\n", *n, externalID, permissions)
 	created := make([]keystore.CreatedKey, *n)
 	errs, elapsed := race(*n, func(i int) error {
 		var err error
-		created[i], err = store.CreateKey(ctx, keystore.CreateKeyRequest{
+		created[i], err = stores[i].CreateKey(ctx, keystore.CreateKeyRequest{
 			WorkspaceID: workspaceID,
 			KeySpaceID:  "ks_demo",
 			Prefix:      "demo",
@@ -171,7 +176,7 @@ func run() error {
 	// 6. Read one of keystore's keys back. The plaintext was returned once by
 	//    CreateKey and is not stored; Start is the part that is safe to show.
 	if i := slices.IndexFunc(errs, func(err error) bool { return err == nil }); i >= 0 {
-		k, err := store.GetKey(ctx, workspaceID, created[i].KeyID)
+		k, err := stores[0].GetKey(ctx, workspaceID, created[i].KeyID)
 		if err != nil {
 			return fmt.Errorf("GetKey: %w", err)
 		}
