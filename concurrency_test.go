@@ -351,9 +351,27 @@ func TestDuplicateOwnerInsertHoldsUpNoNewOwner(t *testing.T) {
 }
 
 func TestConcurrentUpdateKeyLinksOneNewExternalID(t *testing.T) {
-	s, db := newStore(t)
-	ctx := context.Background()
 	const workers = 32
+	// A Store per caller races on the server; one Store's callers wait for
+	// its first call, then read the owner by the id it left.
+	for _, stores := range []int{workers, 1} {
+		t.Run(fmt.Sprintf("stores=%d", stores), func(t *testing.T) {
+			testConcurrentUpdateKeyLinksOneNewExternalID(t, workers, stores)
+		})
+	}
+}
+
+func testConcurrentUpdateKeyLinksOneNewExternalID(t *testing.T, workers, stores int) {
+	s, db := newStore(t)
+	callers := []*keystore.Store{s}
+	for len(callers) < stores {
+		other, err := keystore.New(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		callers = append(callers, other)
+	}
+	ctx := context.Background()
 	for round := range 3 {
 		keys := make([]string, workers)
 		for i := range keys {
@@ -365,7 +383,7 @@ func TestConcurrentUpdateKeyLinksOneNewExternalID(t *testing.T) {
 		}
 		ext := fmt.Sprintf("owner-%d", round)
 		errs := parallel(workers, func(i int) error {
-			k, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: keys[i],
+			k, err := callers[i%len(callers)].UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: keys[i],
 				ExternalID: keystore.Set(ext), Permissions: keystore.Set([]string{"linked." + ext})})
 			if err == nil && (k.ExternalID != ext || k.IdentityID == "") {
 				err = fmt.Errorf("returned key has owner %q/%q, want %q", k.IdentityID, k.ExternalID, ext)

@@ -161,6 +161,28 @@ func TestStaleIdentityHint(t *testing.T) {
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE identity_id = ?`, first.IdentityID); n != 1 {
 		t.Fatalf("%d keys on the deleted identity, want 1", n)
 	}
+	// UpdateKey's link reads a hinted owner by its id: deleted again, the
+	// owner is created anew there too, then found.
+	seen, err := s.FindIdentity(ctx, "ws", "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.DeleteIdentity(ctx, "ws", "u"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		k, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: first.KeyID, ExternalID: keystore.Set("u")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		live, err := s.FindIdentity(ctx, "ws", "u")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k.IdentityID == seen.ID || k.IdentityID != live.ID || k.ExternalID != "u" {
+			t.Fatalf("link %d after the delete went to identity %s (%q); deleted %s, live %s", i, k.IdentityID, k.ExternalID, seen.ID, live.ID)
+		}
+	}
 }
 
 func TestUpdateIdentity(t *testing.T) {

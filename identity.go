@@ -108,6 +108,35 @@ func readIdentityAfterDuplicate(ctx context.Context, tx *sqlx.Tx, workspaceID, e
 	return found, nil
 }
 
+// lockOwner returns the live identity of externalID in workspaceID with
+// the owner copies, share-locked, creating it when there is none (then the
+// row has created set), for UpdateKey's link. It makes no plain read, so
+// that the snapshot of UpdateKey's final read is taken after it and sees
+// what racing transactions committed. An identity the Store has seen is
+// read by its id under the lock (one statement); otherwise, or if that one
+// is gone, the INSERT goes first and its duplicate path reads under a
+// lock. A found identity is handed to the Store's calls waiting on
+// release (see identityHints.claim).
+func (s *Store) lockOwner(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, release func()) (identityRow, error) {
+	if id, ok := s.hints.get(workspaceID, externalID); ok {
+		found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
+		err := tx.QueryRowxContext(ctx, `SELECT id, meta, ratelimits FROM keystore_identities
+			WHERE id = ? AND live = 1 LOCK IN SHARE MODE`, id).Scan(&found.ID, &found.rawMeta, &found.rawRatelimits)
+		if err == nil {
+			return found, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return found, fmt.Errorf("keystore: read identity: %w", err)
+		}
+		s.hints.forget(workspaceID, externalID) // deleted since
+	}
+	identity, err := ensureIdentity(ctx, tx, now, workspaceID, externalID, false)
+	if err == nil && !identity.created {
+		s.hints.found(release, workspaceID, externalID, identity.ID)
+	}
+	return identity, err
+}
+
 // ownerCopy returns the values of a key's owner columns (identity_id,
 // owner_external_id, owner_meta, owner_ratelimits) for the identity r
 // (found by this package's write path, or created: no meta or ratelimits

@@ -142,12 +142,14 @@ func creditColumns(c *Credits, now time.Time) []any {
 // committed, including what other transactions committed before it.
 // Concurrent updates of one key apply one after the other (the key's row
 // lock). Setting ExternalID links the found-or-created identity with the
-// same race safety as CreateKey.
+// same race safety as CreateKey, and the Store's calls for an owner it has
+// not seen wait for the first of them in the same way.
 //
 // Errors: ErrInvalidInput when req is invalid; ErrNotFound when the key does
 // not exist, was deleted, belongs to another workspace, or a role does not
-// exist. In those cases nothing is written. Otherwise the errors of
-// [WithRetryTx].
+// exist. In those cases nothing is written. ctx ending while the call waits
+// for the Store's own creation of the owner: ctx.Err(), wrapped. Otherwise
+// the errors of [WithRetryTx].
 func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error) {
 	now := s.clock()
 	if err := req.validate(now); err != nil {
@@ -158,7 +160,18 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 		return Key{}, err
 	}
 	roles := sortedUnique(valueOrZero(req.Roles))
-	return tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (Key, error) {
+	ext, linking := req.ExternalID.Value()
+	var release func() // non-nil while this call holds the Store's claim on the owner
+	if linking {
+		if release, err = s.hints.claim(ctx, req.WorkspaceID, ext); err != nil {
+			return Key{}, err
+		}
+		if release != nil {
+			defer release()
+		}
+	}
+	var owner string // the identity linked, once committed
+	key, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (Key, error) {
 		// Roles the key is to hold are share-locked before the key row:
 		// CreateRole and DeleteRole lock a role, then the keys that hold
 		// it, and taking the locks in the other order deadlocked with them
@@ -178,19 +191,15 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 			sets = append(sets, setsFromLinks) // computed after the links below change
 		}
 		events := []audit{{event: EventKeyUpdate, keyID: req.KeyID}}
-		if ext, ok := req.ExternalID.Value(); ok {
-			// No plain read comes before the final read of the key, so
-			// the snapshot that read uses is taken after every write here
-			// and sees what racing transactions committed (an identity or
-			// permission they just created): the identity is got INSERT
-			// first (no hint), whose duplicate path reads under a lock.
-			identity, err := ensureIdentity(ctx, tx, now, req.WorkspaceID, ext, false)
+		if linking {
+			identity, err := s.lockOwner(ctx, tx, now, req.WorkspaceID, ext, release)
 			if err != nil {
 				return Key{}, err
 			}
 			if identity.created {
 				events = append(events, audit{event: EventIdentityCreate, identityID: identity.ID})
 			}
+			owner = identity.ID
 			events[0].identityID = identity.ID
 			sets = append([]string{"identity_id = ?", "owner_external_id = ?", "owner_meta = ?", "owner_ratelimits = ?"}, sets...)
 			args = append(ownerCopy(&identity), args...)
@@ -237,6 +246,10 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 		}
 		return getKey(ctx, tx, req.WorkspaceID, req.KeyID)
 	})
+	if err == nil && owner != "" {
+		s.hints.add(req.WorkspaceID, ext, owner)
+	}
+	return key, err
 }
 
 // lockKey takes the exclusive lock on a live key of workspaceID, or returns
