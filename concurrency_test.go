@@ -519,3 +519,47 @@ func TestWithRetryTxResolvesRealDeadlock(t *testing.T) {
 		t.Fatalf("saw %d deadlock retries in 5 rounds, want at least 5 (retries %d)", deadlocks.Load(), retries.Load())
 	}
 }
+
+// TestUpdateKeyLinkSeesCommitsBeforeItsUpdate: UpdateKey returns the key as
+// committed, also when its link read the owner by the id the Store
+// remembered: that read takes a lock, which fixes no snapshot, so the final
+// read sees what another transaction committed while UpdateKey waited. (A
+// fixed clock makes UpdateKey's UPDATE change nothing, so the final read
+// reads the row as its snapshot has it, not as UpdateKey wrote it.)
+func TestUpdateKeyLinkSeesCommitsBeforeItsUpdate(t *testing.T) {
+	fixed := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	s, db := newStore(t, keystore.WithClock(func() time.Time { return fixed }))
+	ctx := context.Background()
+	c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := db.Beginx()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback()
+	if _, err := other.Exec(`UPDATE keystore_keys SET meta = '{"by":"other"}' WHERE id = ?`, c.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		key keystore.Key
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		k, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: c.KeyID, ExternalID: keystore.Set("u")})
+		done <- result{k, err}
+	}()
+	waitLockWaits(t, db, 1) // UpdateKey's UPDATE, after its read of the owner
+	if err := other.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.key.IdentityID != c.IdentityID || r.key.Meta["by"] != "other" {
+		t.Fatalf("UpdateKey returned owner %s and meta %v, want %s and the meta committed before its UPDATE", r.key.IdentityID, r.key.Meta, c.IdentityID)
+	}
+}
