@@ -41,14 +41,7 @@ const burstCallers = 64
 
 func testConcurrentCreateKeyOneNewExternalID(t *testing.T, stores int, returning bool) {
 	s, db := newStore(t)
-	callers := []*keystore.Store{s}
-	for len(callers) < stores {
-		other, err := keystore.New(db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		callers = append(callers, other)
-	}
+	callers := withStores(t, s, db, stores)
 	if !returning {
 		for _, c := range callers {
 			keystore.WithoutReturning(c)
@@ -113,14 +106,7 @@ func TestConcurrentEnsureIdentity(t *testing.T) {
 	for _, stores := range []int{burstCallers, 1} {
 		t.Run(fmt.Sprintf("stores=%d", stores), func(t *testing.T) {
 			s, db := newStore(t)
-			callers := []*keystore.Store{s}
-			for len(callers) < stores {
-				other, err := keystore.New(db)
-				if err != nil {
-					t.Fatal(err)
-				}
-				callers = append(callers, other)
-			}
+			callers := withStores(t, s, db, stores)
 			for round := range 3 {
 				ext := fmt.Sprint("user-", round)
 				ids := make([]string, burstCallers)
@@ -253,17 +239,7 @@ func TestStoreCallersDoNotWaitForAFoundOwner(t *testing.T) {
 	if _, err := other.EnsureIdentity(ctx, "ws", "owner"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.CreateRole(ctx, "ws", "locked", nil); err != nil {
-		t.Fatal(err)
-	}
-	blocker, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer blocker.Rollback()
-	if _, err := blocker.Exec(`SELECT id FROM keystore_roles WHERE name = 'locked' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	blocker := lockNewRole(t, s, db, "ws", "locked")
 	first := make(chan error, 1)
 	go func() {
 		_, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "owner", Roles: []string{"locked"}})
@@ -308,17 +284,7 @@ func TestDuplicateOwnerInsertHoldsUpNoNewOwner(t *testing.T) {
 	if _, err := s.EnsureIdentity(ctx, "ws", "taken"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.CreateRole(ctx, "ws", "locked", nil); err != nil {
-		t.Fatal(err)
-	}
-	blocker, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer blocker.Rollback()
-	if _, err := blocker.Exec(`SELECT id FROM keystore_roles WHERE name = 'locked' FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	blocker := lockNewRole(t, s, db, "ws", "locked")
 	// Another process's Store, which has not seen the owner: its INSERT of
 	// the owner finds it, then the role's lock stops it.
 	other, err := keystore.New(db)
@@ -363,14 +329,7 @@ func TestConcurrentUpdateKeyLinksOneNewExternalID(t *testing.T) {
 
 func testConcurrentUpdateKeyLinksOneNewExternalID(t *testing.T, workers, stores int) {
 	s, db := newStore(t)
-	callers := []*keystore.Store{s}
-	for len(callers) < stores {
-		other, err := keystore.New(db)
-		if err != nil {
-			t.Fatal(err)
-		}
-		callers = append(callers, other)
-	}
+	callers := withStores(t, s, db, stores)
 	ctx := context.Background()
 	for round := range 3 {
 		keys := make([]string, workers)
@@ -562,4 +521,39 @@ func TestUpdateKeyLinkSeesCommitsBeforeItsUpdate(t *testing.T) {
 	if r.key.IdentityID != c.IdentityID || r.key.Meta["by"] != "other" {
 		t.Fatalf("UpdateKey returned owner %s and meta %v, want %s and the meta committed before its UPDATE", r.key.IdentityID, r.key.Meta, c.IdentityID)
 	}
+}
+
+// withStores returns s and more Stores on db, stores in all, as callers in
+// that many processes would have.
+func withStores(t *testing.T, s *keystore.Store, db *sqlx.DB, stores int) []*keystore.Store {
+	t.Helper()
+	callers := []*keystore.Store{s}
+	for len(callers) < stores {
+		other, err := keystore.New(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		callers = append(callers, other)
+	}
+	return callers
+}
+
+// lockNewRole creates role name and returns a transaction (rolled back when
+// the test ends) holding it exclusively, so that a write linking the role
+// stops there, holding every lock it took before.
+func lockNewRole(t *testing.T, s *keystore.Store, db *sqlx.DB, workspaceID, name string) *sqlx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := s.CreateRole(ctx, workspaceID, name, nil); err != nil {
+		t.Fatal(err)
+	}
+	blocker, err := db.BeginTxx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { blocker.Rollback() })
+	if _, err := blocker.Exec(`SELECT id FROM keystore_roles WHERE workspace_id = ? AND name = ? FOR UPDATE`, workspaceID, name); err != nil {
+		t.Fatal(err)
+	}
+	return blocker
 }
