@@ -68,8 +68,21 @@ type audit struct {
 // writeAudit inserts events in one statement, in the caller's transaction,
 // unless the Store was made WithoutAudit.
 func (s *Store) writeAudit(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID string, events ...audit) error {
-	if len(events) == 0 || s.noAudit {
+	insert, ok := s.auditInsert(ctx, now, workspaceID, events)
+	if !ok {
 		return nil
+	}
+	if _, err := tx.ExecContext(ctx, insert.query, insert.args...); err != nil {
+		return fmt.Errorf("keystore: write audit event: %w", err)
+	}
+	return nil
+}
+
+// auditInsert returns the INSERT of events, or false when there is nothing
+// to write (no events, or the Store was made WithoutAudit).
+func (s *Store) auditInsert(ctx context.Context, now time.Time, workspaceID string, events []audit) (statement, bool) {
+	if len(events) == 0 || s.noAudit {
+		return statement{}, false
 	}
 	actor := actorFrom(ctx)
 	args := make([]any, 0, 8*len(events))
@@ -77,12 +90,8 @@ func (s *Store) writeAudit(ctx context.Context, tx *sqlx.Tx, now time.Time, work
 		args = append(args, newID("evt"), workspaceID, actor, e.event,
 			nullString(e.keyID), nullString(e.identityID), nullString(e.roleID), utc(now))
 	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_audit_events
-		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at) VALUES `+rows(len(events), 8), args...)
-	if err != nil {
-		return fmt.Errorf("keystore: write audit event: %w", err)
-	}
-	return nil
+	return statement{`INSERT INTO keystore_audit_events
+		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at) VALUES ` + rows(len(events), 8), args}, true
 }
 
 // ListAuditEvents returns a page of the audit events of a workspace, oldest

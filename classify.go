@@ -25,6 +25,7 @@ const (
 	errParse             = 1064 // ER_PARSE_ERROR: only the statement was rolled back
 	errUnknown           = 1105 // ER_UNKNOWN_ERROR: Vitess may carry the real number in the message
 	errSyntax            = 1149 // ER_SYNTAX_ERROR: how Vitess reports syntax it does not know
+	errUnsupportedPS     = 1295 // ER_UNSUPPORTED_PS: a statement the server will not prepare
 	errClientGone        = 2006 // CR_SERVER_GONE_ERROR: Vitess's connection to MySQL broke, as "(errno 2006)"
 	errClientLost        = 2013 // CR_SERVER_LOST: the same, mid-query
 )

@@ -1,5 +1,25 @@
 package keystore
 
+import "context"
+
 // WithoutReturning makes s behave as on a server without INSERT ...
 // RETURNING (MySQL), so that tests on MariaDB cover that path too.
 func WithoutReturning(s *Store) { s.noReturning.Store(true) }
+
+// WithoutOneTrip makes s behave as on a server without anonymous compound
+// statements (MySQL): every transaction goes statement by statement.
+func WithoutOneTrip(s *Store) { s.noOneTrip.Store(true) }
+
+// ExecOneTrip runs queries (no arguments) as one transaction in one round
+// trip, as CreateKey does.
+func ExecOneTrip(ctx context.Context, s *Store, queries ...string) error {
+	stmts := make([]statement, len(queries))
+	for i, q := range queries {
+		stmts[i] = statement{query: q}
+	}
+	return s.execOneTrip(ctx, stmts...)
+}
+
+// ErrNoOneTrip is what ExecOneTrip returns on a server without anonymous
+// compound statements.
+var ErrNoOneTrip = errNoOneTrip

@@ -37,9 +37,10 @@ func (h *identityHints) get(workspaceID, externalID string) (string, bool) {
 	return id, ok
 }
 
-// add remembers identityID, an identity known to be committed.
+// add remembers identityID, an identity known to be committed; "" (no
+// owner) is not remembered.
 func (h *identityHints) add(workspaceID, externalID, identityID string) {
-	if h == nil {
+	if h == nil || identityID == "" {
 		return
 	}
 	h.mu.Lock()

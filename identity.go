@@ -78,14 +78,20 @@ func ensureIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID
 // duplicate-key error (1062) when a live one exists, after waiting for a
 // racing creator to commit.
 func insertIdentity(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string) (identityRow, error) {
-	created := identityRow{ID: newID("id"), WorkspaceID: workspaceID, ExternalID: externalID,
-		CreatedAt: dbTime{now, true}, UpdatedAt: dbTime{now, true}, created: true}
-	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at)
-		VALUES (?, ?, ?, 1, ?, ?)`, created.ID, workspaceID, externalID, utc(now), utc(now))
-	if err != nil {
+	created, insert := identityInsert(now, workspaceID, externalID)
+	if _, err := tx.ExecContext(ctx, insert.query, insert.args...); err != nil {
 		return identityRow{}, fmt.Errorf("keystore: create identity: %w", err)
 	}
 	return created, nil
+}
+
+// identityInsert returns a new identity of externalID and the INSERT that
+// creates it.
+func identityInsert(now time.Time, workspaceID, externalID string) (identityRow, statement) {
+	created := identityRow{ID: newID("id"), WorkspaceID: workspaceID, ExternalID: externalID,
+		CreatedAt: dbTime{now, true}, UpdatedAt: dbTime{now, true}, created: true}
+	return created, statement{`INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at)
+		VALUES (?, ?, ?, 1, ?, ?)`, []any{created.ID, workspaceID, externalID, utc(now), utc(now)}}
 }
 
 // readIdentityAfterDuplicate reads the identity that insertIdentity found
@@ -163,12 +169,13 @@ func ownerCopy(r *identityRow) []any {
 //     (1062), the key's INSERT reads it and returns its id with RETURNING
 //     (MariaDB 10.5+). A server without RETURNING (MySQL, Vitess) answers
 //     with a syntax error, which rolls back only that statement; the Store
-//     then reads the identity first.
+//     then reads the identity first. With exists (the caller's INSERT of
+//     the identity just failed with 1062), the INSERT is left out.
 //
 // The INSERT ... SELECT reads the identity row under a shared lock, so the
 // copies are those of the committed identity, and an UpdateIdentity or
 // DeleteIdentity that rewrites its keys' copies waits for this key.
-func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, cols []any) (identityRow, error) {
+func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, cols []any, exists bool) (identityRow, error) {
 	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
 	if id, ok := s.hints.get(workspaceID, externalID); ok {
 		inserted, err := insertKeyOwnedByID(ctx, tx, cols, id)
@@ -192,13 +199,15 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 			return found, fmt.Errorf("keystore: find identity: %w", err)
 		}
 	}
-	created, err := insertIdentity(ctx, tx, now, workspaceID, externalID)
-	if err == nil {
-		copy(cols[keyOwnerColumn:], ownerCopy(&created))
-		return created, insertKey(ctx, tx, cols)
-	}
-	if !IsDuplicateKey(err) {
-		return found, err
+	if !exists {
+		created, err := insertIdentity(ctx, tx, now, workspaceID, externalID)
+		if err == nil {
+			copy(cols[keyOwnerColumn:], ownerCopy(&created))
+			return created, insertKey(ctx, tx, cols)
+		}
+		if !IsDuplicateKey(err) {
+			return found, err
+		}
 	}
 	if !s.noReturning.Load() {
 		err := tx.QueryRowxContext(ctx, insertKeyOwnedBy+`workspace_id = ? AND external_id = ? AND live = 1
@@ -213,7 +222,8 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 		}
 		s.noReturning.Store(true)
 	}
-	if found, err = readIdentityAfterDuplicate(ctx, tx, workspaceID, externalID); err != nil {
+	found, err := readIdentityAfterDuplicate(ctx, tx, workspaceID, externalID)
+	if err != nil {
 		return found, err
 	}
 	copy(cols[keyOwnerColumn:], ownerCopy(&found))

@@ -57,11 +57,28 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 		}
 	}
 
-	identityID, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (string, error) {
+	keyRow := func() []any { // in keyColumns order, owner columns unset
 		cols := []any{keyID, req.WorkspaceID, req.KeySpaceID, hash, start, nullString(req.Name),
 			nil, nil, nil, nil, meta, nullableUTC(req.Expires), !req.Disabled}
 		cols = append(cols, creditColumns(req.Credits, now)...)
-		cols = append(cols, jsonList(permissions), jsonList(roles), ratelimitsValue(req.Ratelimits), utc(now), utc(now))
+		return append(cols, jsonList(permissions), jsonList(roles), ratelimitsValue(req.Ratelimits), utc(now), utc(now))
+	}
+	ownerExists := false // a one-trip attempt found the owner there
+	if _, seen := s.hints.get(req.WorkspaceID, req.ExternalID); !seen && len(permissions)+len(roles) == 0 {
+		identityID, err := s.createKeyOneTrip(ctx, now, req, keyID, keyRow())
+		switch {
+		case err == nil:
+			s.hints.add(req.WorkspaceID, req.ExternalID, identityID)
+			return CreatedKey{KeyID: keyID, Key: plaintext, IdentityID: identityID}, nil
+		case req.ExternalID != "" && IsDuplicateKey(err):
+			ownerExists = true
+		case !errors.Is(err, errNoOneTrip):
+			return CreatedKey{}, err
+		}
+	}
+
+	identityID, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (string, error) {
+		cols := keyRow()
 		events := []audit{{event: EventKeyCreate, keyID: keyID}}
 		var identityID string
 		if req.ExternalID == "" {
@@ -69,7 +86,10 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 				return "", err
 			}
 		} else {
-			identity, err := s.insertOwnedKey(ctx, tx, now, req.WorkspaceID, req.ExternalID, cols)
+			// Only the first attempt trusts the one-trip attempt's 1062.
+			exists := ownerExists
+			ownerExists = false
+			identity, err := s.insertOwnedKey(ctx, tx, now, req.WorkspaceID, req.ExternalID, cols, exists)
 			if err != nil {
 				return "", err
 			}
@@ -102,10 +122,29 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 	if err != nil {
 		return CreatedKey{}, err
 	}
-	if identityID != "" {
-		s.hints.add(req.WorkspaceID, req.ExternalID, identityID)
-	}
+	s.hints.add(req.WorkspaceID, req.ExternalID, identityID)
 	return CreatedKey{KeyID: keyID, Key: plaintext, IdentityID: identityID}, nil
+}
+
+// createKeyOneTrip creates the key row cols (owner columns unset), its
+// owner when req names one (a new owner: its INSERT fails with 1062 when it
+// exists), and their audit events in one round trip (see execOneTrip). It
+// returns the owner's id, or "" when there is none.
+func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateKeyRequest, keyID string, cols []any) (string, error) {
+	var stmts []statement
+	events := []audit{{event: EventKeyCreate, keyID: keyID}}
+	if req.ExternalID != "" {
+		identity, insert := identityInsert(now, req.WorkspaceID, req.ExternalID)
+		stmts = append(stmts, insert)
+		copy(cols[keyOwnerColumn:], ownerCopy(&identity))
+		events[0].identityID = identity.ID
+		events = append(events, audit{event: EventIdentityCreate, identityID: identity.ID})
+	}
+	stmts = append(stmts, keyInsert(cols))
+	if insert, ok := s.auditInsert(ctx, now, req.WorkspaceID, events); ok {
+		stmts = append(stmts, insert)
+	}
+	return events[0].identityID, s.execOneTrip(ctx, stmts...)
 }
 
 const keyColumns = `id, workspace_id, key_space_id, hash, start, name,
@@ -115,11 +154,16 @@ const keyColumns = `id, workspace_id, key_space_id, hash, start, name,
 
 // insertKey inserts one key row.
 func insertKey(ctx context.Context, tx *sqlx.Tx, cols []any) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_keys (`+keyColumns+`) VALUES (`+placeholders(len(cols))+`)`, cols...)
-	if err != nil {
+	insert := keyInsert(cols)
+	if _, err := tx.ExecContext(ctx, insert.query, insert.args...); err != nil {
 		return fmt.Errorf("keystore: insert key: %w", err)
 	}
 	return nil
+}
+
+// keyInsert is the INSERT of one key row.
+func keyInsert(cols []any) statement {
+	return statement{`INSERT INTO keystore_keys (` + keyColumns + `) VALUES (` + placeholders(len(cols)) + `)`, cols}
 }
 
 // creditColumns returns remaining, refill_interval, refill_amount,

@@ -23,14 +23,16 @@ type Store struct {
 	now   func() time.Time
 	log   *slog.Logger
 	retry []RetryOption
-	// spendRetry is retry applied once, for VerifyKey's credit spends.
-	spendRetry retryConfig
-	noAudit    bool
-	hints      identityHints
-	replica    *replica // nil: none
-	prepared   preparedStatements
-	// noReturning is set once the server rejected INSERT ... RETURNING.
-	noReturning atomic.Bool
+	// retryConfig is retry applied once, for writes that are one statement
+	// (VerifyKey's credit spends, execOneTrip).
+	retryConfig retryConfig
+	noAudit     bool
+	hints       identityHints
+	replica     *replica // nil: none
+	prepared    preparedStatements
+	// noReturning is set once the server rejected INSERT ... RETURNING,
+	// noOneTrip once it rejected an anonymous block (see execOneTrip).
+	noReturning, noOneTrip atomic.Bool
 }
 
 // Option configures a Store.
@@ -91,7 +93,7 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 		s.log.Debug("keystore: retrying transaction", "attempt", attempt, "err", err)
 	})
 	s.retry = append([]RetryOption{logRetry}, s.retry...)
-	s.spendRetry = newRetryConfig(s.retry)
+	s.retryConfig = newRetryConfig(s.retry)
 	return s, nil
 }
 

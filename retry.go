@@ -91,9 +91,16 @@ func TxOptions(opts *sql.TxOptions) RetryOption {
 // comes is bounded only by the DSN's readTimeout and writeTimeout; set them.
 func WithRetryTx[T any](ctx context.Context, db TxBeginner, fn func(ctx context.Context, tx *sqlx.Tx) (T, error), opts ...RetryOption) (T, error) {
 	cfg := newRetryConfig(opts)
+	return retry(ctx, &cfg, func() (T, error) { return runTx(ctx, db, cfg.txOptions, fn) })
+}
+
+// retry runs attempt, a whole transaction, until it succeeds, fails with an
+// error that is not retryable, or has run cfg.maxAttempts times, sleeping
+// the backoff between attempts; the errors are those of [WithRetryTx].
+func retry[T any](ctx context.Context, cfg *retryConfig, attempt func() (T, error)) (T, error) {
 	var zero T
-	for attempt := 1; ; attempt++ {
-		v, err := runTx(ctx, db, cfg.txOptions, fn)
+	for n := 1; ; n++ {
+		v, err := attempt()
 		if err == nil {
 			return v, nil
 		}
@@ -103,10 +110,10 @@ func WithRetryTx[T any](ctx context.Context, db TxBeginner, fn func(ctx context.
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return zero, fmt.Errorf("keystore: %w (after: %v)", ctxErr, err)
 		}
-		if attempt >= cfg.maxAttempts {
-			return zero, &RetryError{Attempts: attempt, Err: err}
+		if n >= cfg.maxAttempts {
+			return zero, &RetryError{Attempts: n, Err: err}
 		}
-		if err := cfg.retried(ctx, attempt, err); err != nil {
+		if err := cfg.retried(ctx, n, err); err != nil {
 			return zero, err
 		}
 	}

@@ -208,14 +208,18 @@ func TestWithRetryTxContextEndsMidStatement(t *testing.T) {
 	}
 }
 
-// CreateKey under a context that ends writes nothing.
+// CreateKey under a context that has ended writes nothing, whether it
+// would have sent its statements one by one (permissions) or as one block,
+// and says so: the error is not ErrAmbiguousCommit.
 func TestCreateKeyWithEndedContextWritesNothing(t *testing.T) {
 	s, db := newStore(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u", Permissions: []string{"p"}})
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("err = %v, want context.Canceled", err)
+	for _, perms := range [][]string{{"p"}, nil} {
+		_, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u", Permissions: perms})
+		if !errors.Is(err, context.Canceled) || errors.Is(err, keystore.ErrAmbiguousCommit) {
+			t.Fatalf("permissions %v: err = %v, want context.Canceled, not ambiguous", perms, err)
+		}
 	}
 	for table, n := range rowsInAllTables(t, db) {
 		if n != 0 {

@@ -149,7 +149,7 @@ func (r *VerifyKeyRequest) validate() error {
 // Galera conflict with a spend on another node) is tried again after the
 // Store's backoff. Either way the Store's MaxAttempts bounds the UPDATEs.
 func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.Time) (Verification, error) {
-	cfg := &s.spendRetry
+	cfg := &s.retryConfig
 	var lastErr error
 	for attempt := 1; ; attempt++ {
 		v := row.verification(now)
