@@ -10,6 +10,7 @@ import (
 
 	"github.com/idsafe/keystore"
 	"github.com/idsafe/keystore/keystoretest"
+	"github.com/jmoiron/sqlx"
 )
 
 // A CreateKey whose transaction had to run again leaves exactly one key and
@@ -109,4 +110,59 @@ func TestListAuditEvents(t *testing.T) {
 			t.Errorf("ListAuditEvents(%+v): %v, want ErrInvalidInput", bad, err)
 		}
 	}
+}
+
+// CreateKey's events carry the actor and the owner the key got, whether the
+// key had no owner, created it, or found it (through a Store that had not
+// seen it: on MariaDB, those are the three shapes of one-round-trip write).
+func TestCreateKeyAuditEventsOfEveryOwnerPath(t *testing.T) {
+	s, db := newStore(t)
+	other, err := keystore.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := keystore.ContextWithActor(context.Background(), "svc")
+	cases := []struct {
+		name  string
+		store *keystore.Store
+		ext   string
+		want  []string
+	}{
+		{"no owner", s, "", []string{keystore.EventKeyCreate}},
+		{"new owner", s, "u", []string{keystore.EventKeyCreate, keystore.EventIdentityCreate}},
+		{"owner found", other, "u", []string{keystore.EventKeyCreate}},
+	}
+	for _, c := range cases {
+		created, err := c.store.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: c.ext})
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, err := s.ListAuditEvents(ctx, keystore.ListAuditEventsRequest{WorkspaceID: "ws", Cursor: lastEventID(t, db, created.KeyID)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range page.Items {
+			got = append(got, e.Event)
+			if e.Actor != "svc" || e.IdentityID != created.IdentityID || (e.Event == keystore.EventKeyCreate) != (e.KeyID == created.KeyID) {
+				t.Errorf("%s: event %+v; want actor svc, identity %q and key %s on key.create", c.name, e, created.IdentityID, created.KeyID)
+			}
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("%s: events %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// lastEventID returns the id of the last audit event before the key.create
+// of keyID ("" if none), a cursor for the events from it on.
+func lastEventID(t *testing.T, db *sqlx.DB, keyID string) string {
+	t.Helper()
+	var id string
+	err := db.Get(&id, `SELECT COALESCE(MAX(id), '') FROM keystore_audit_events WHERE id < (
+		SELECT id FROM keystore_audit_events WHERE key_id = ? AND event = 'key.create')`, keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }

@@ -17,7 +17,8 @@ func ExecOneTrip(ctx context.Context, s *Store, queries ...string) error {
 	for i, q := range queries {
 		stmts[i] = statement{query: q}
 	}
-	return s.execOneTrip(ctx, stmts...)
+	_, err := s.execOneTrip(ctx, statement{}, stmts...)
+	return err
 }
 
 // ErrNoOneTrip is what ExecOneTrip returns on a server without anonymous

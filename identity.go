@@ -169,13 +169,12 @@ func ownerCopy(r *identityRow) []any {
 //     (1062), the key's INSERT reads it and returns its id with RETURNING
 //     (MariaDB 10.5+). A server without RETURNING (MySQL, Vitess) answers
 //     with a syntax error, which rolls back only that statement; the Store
-//     then reads the identity first. With exists (the caller's INSERT of
-//     the identity just failed with 1062), the INSERT is left out.
+//     then reads the identity first.
 //
 // The INSERT ... SELECT reads the identity row under a shared lock, so the
 // copies are those of the committed identity, and an UpdateIdentity or
 // DeleteIdentity that rewrites its keys' copies waits for this key.
-func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, cols []any, exists bool) (identityRow, error) {
+func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, cols []any) (identityRow, error) {
 	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
 	if id, ok := s.hints.get(workspaceID, externalID); ok {
 		inserted, err := insertKeyOwnedByID(ctx, tx, cols, id)
@@ -199,19 +198,17 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 			return found, fmt.Errorf("keystore: find identity: %w", err)
 		}
 	}
-	if !exists {
-		created, err := insertIdentity(ctx, tx, now, workspaceID, externalID)
-		if err == nil {
-			copy(cols[keyOwnerColumn:], ownerCopy(&created))
-			return created, insertKey(ctx, tx, cols)
-		}
-		if !IsDuplicateKey(err) {
-			return found, err
-		}
+	created, err := insertIdentity(ctx, tx, now, workspaceID, externalID)
+	if err == nil {
+		copy(cols[keyOwnerColumn:], ownerCopy(&created))
+		return created, insertKey(ctx, tx, cols)
+	}
+	if !IsDuplicateKey(err) {
+		return found, err
 	}
 	if !s.noReturning.Load() {
-		err := tx.QueryRowxContext(ctx, insertKeyOwnedBy+`workspace_id = ? AND external_id = ? AND live = 1
-			LOCK IN SHARE MODE RETURNING identity_id`, append(withoutOwner(cols), workspaceID, externalID)...).Scan(&found.ID)
+		insert := keyInsertOwnedByExternalID(cols, workspaceID, externalID)
+		err := tx.QueryRowxContext(ctx, insert.query+` RETURNING identity_id`, insert.args...).Scan(&found.ID)
 		switch {
 		case err == nil:
 			return found, nil
@@ -222,8 +219,7 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 		}
 		s.noReturning.Store(true)
 	}
-	found, err := readIdentityAfterDuplicate(ctx, tx, workspaceID, externalID)
-	if err != nil {
+	if found, err = readIdentityAfterDuplicate(ctx, tx, workspaceID, externalID); err != nil {
 		return found, err
 	}
 	copy(cols[keyOwnerColumn:], ownerCopy(&found))
@@ -233,7 +229,8 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 // insertKeyOwnedByID inserts the key row owned by identity id if that
 // identity is live, and reports whether it was.
 func insertKeyOwnedByID(ctx context.Context, tx *sqlx.Tx, cols []any, id string) (bool, error) {
-	res, err := tx.ExecContext(ctx, insertKeyOwnedBy+`id = ? AND live = 1 LOCK IN SHARE MODE`, append(withoutOwner(cols), id)...)
+	insert := keyInsertOwnedByID(cols, id)
+	res, err := tx.ExecContext(ctx, insert.query, insert.args...)
 	if err != nil {
 		return false, fmt.Errorf("keystore: insert key: %w", err)
 	}
@@ -260,6 +257,19 @@ var insertKeyOwnedBy = func() string {
 	copy(marks[keyOwnerColumn:], ownerColumns)
 	return `INSERT INTO keystore_keys (` + keyColumns + `) SELECT ` + strings.Join(marks, ", ") + ` FROM keystore_identities WHERE `
 }()
+
+// keyInsertOwnedByID inserts the key row cols (owner columns unset) owned
+// by identity id, if that one is live.
+func keyInsertOwnedByID(cols []any, id string) statement {
+	return statement{insertKeyOwnedBy + `id = ? AND live = 1 LOCK IN SHARE MODE`, append(withoutOwner(cols), id)}
+}
+
+// keyInsertOwnedByExternalID inserts the key row cols (owner columns unset)
+// owned by the live identity of externalID, if there is one.
+func keyInsertOwnedByExternalID(cols []any, workspaceID, externalID string) statement {
+	return statement{insertKeyOwnedBy + `workspace_id = ? AND external_id = ? AND live = 1 LOCK IN SHARE MODE`,
+		append(withoutOwner(cols), workspaceID, externalID)}
+}
 
 func withoutOwner(cols []any) []any {
 	return append(slices.Clone(cols[:keyOwnerColumn]), cols[keyOwnerColumn+len(ownerColumns):]...)

@@ -24,16 +24,23 @@ import (
 // Errors: ErrInvalidInput (a *ValidationError naming the field) when req is
 // invalid; ErrNotFound when a role does not exist. In both cases nothing is
 // written. ctx ending while the call waits for the Store's own creation of
-// the owner: ctx.Err(), wrapped. Otherwise the errors of [WithRetryTx].
+// the owner: ctx.Err(), wrapped. Otherwise the errors of [WithRetryTx]; on
+// MariaDB a key without permissions or roles is mostly written in one round
+// trip (see below), so a connection lost or ctx ending at any point of it,
+// not only at COMMIT, is ErrAmbiguousCommit, which also matches the cause.
+// Calling CreateKey again after one is safe: it finds the owner; at worst
+// an extra key exists whose plaintext nobody has.
 //
-// Statements: 4 for an identity this Store has linked a key to before
+// Statements, on MariaDB: 1 for a key without permissions or roles, whatever
+// its owner (one anonymous compound statement: see onetrip.go). Otherwise,
+// and on MySQL: 4 for an identity this Store has linked a key to before
 // (BEGIN, insert key reading the identity, audit event, COMMIT); 5 for a new
-// identity (BEGIN, insert identity, insert key, ...) and for an existing
-// one this Store has not seen (the identity's INSERT finds it, the key's
-// INSERT reads it); 6 for the latter on servers without INSERT ...
-// RETURNING (MySQL), and once per Store 7 (the RETURNING it tries first).
-// Permissions add 2 (new or not), roles 3 (link, raise
-// group_concat_max_len, recompute the key's sets), ratelimits none;
+// identity (BEGIN, insert identity, insert key, ...) and for an existing one
+// this Store has not seen (the identity's INSERT finds it, the key's INSERT
+// reads it, with RETURNING on MariaDB); 6 for the latter on MySQL, which
+// lacks RETURNING. Once per Store, MySQL is sent the block and RETURNING to
+// find out it has neither. Permissions add 2 (new or not), roles 3 (link,
+// raise group_concat_max_len, recompute the key's sets), ratelimits none;
 // WithoutAudit saves 1.
 func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error) {
 	now := s.clock()
@@ -63,17 +70,14 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 		cols = append(cols, creditColumns(req.Credits, now)...)
 		return append(cols, jsonList(permissions), jsonList(roles), ratelimitsValue(req.Ratelimits), utc(now), utc(now))
 	}
-	ownerExists := false // a one-trip attempt found the owner there
-	if _, seen := s.hints.get(req.WorkspaceID, req.ExternalID); !seen && len(permissions)+len(roles) == 0 {
-		identityID, err := s.createKeyOneTrip(ctx, now, req, keyID, keyRow())
-		switch {
-		case err == nil:
+	if len(permissions)+len(roles) == 0 {
+		identityID, done, err := s.createKeyOneTrip(ctx, now, req, keyID, keyRow())
+		if err != nil {
+			return CreatedKey{}, err
+		}
+		if done {
 			s.hints.add(req.WorkspaceID, req.ExternalID, identityID)
 			return CreatedKey{KeyID: keyID, Key: plaintext, IdentityID: identityID}, nil
-		case req.ExternalID != "" && IsDuplicateKey(err):
-			ownerExists = true
-		case !errors.Is(err, errNoOneTrip):
-			return CreatedKey{}, err
 		}
 	}
 
@@ -86,10 +90,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 				return "", err
 			}
 		} else {
-			// Only the first attempt trusts the one-trip attempt's 1062.
-			exists := ownerExists
-			ownerExists = false
-			identity, err := s.insertOwnedKey(ctx, tx, now, req.WorkspaceID, req.ExternalID, cols, exists)
+			identity, err := s.insertOwnedKey(ctx, tx, now, req.WorkspaceID, req.ExternalID, cols)
 			if err != nil {
 				return "", err
 			}
@@ -126,25 +127,46 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 	return CreatedKey{KeyID: keyID, Key: plaintext, IdentityID: identityID}, nil
 }
 
-// createKeyOneTrip creates the key row cols (owner columns unset), its
-// owner when req names one (a new owner: its INSERT fails with 1062 when it
-// exists), and their audit events in one round trip (see execOneTrip). It
-// returns the owner's id, or "" when there is none.
-func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateKeyRequest, keyID string, cols []any) (string, error) {
+// createKeyOneTrip creates the key row cols (owner columns unset) and its
+// audit events in one round trip (see execOneTrip), and returns the key's
+// owner ("" for none). An owner the Store has not seen is taken to be new:
+// the block creates it, and if it exists (1062, after waiting for a racing
+// creator to commit), a second block inserts the key reading the owner
+// under a shared lock, as insertOwnedKey does, and says which it got. done
+// is false when nothing was written and the caller's transaction must do
+// it: the server has no anonymous blocks, the owner is one the Store has
+// seen (the transaction's INSERT ... SELECT by its id is as quick), or it
+// was deleted between the blocks.
+func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateKeyRequest, keyID string, cols []any) (identityID string, done bool, err error) {
+	if _, seen := s.hints.get(req.WorkspaceID, req.ExternalID); seen {
+		return "", false, nil
+	}
 	var stmts []statement
-	events := []audit{{event: EventKeyCreate, keyID: keyID}}
 	if req.ExternalID != "" {
-		identity, insert := identityInsert(now, req.WorkspaceID, req.ExternalID)
+		created, insert := identityInsert(now, req.WorkspaceID, req.ExternalID)
 		stmts = append(stmts, insert)
-		copy(cols[keyOwnerColumn:], ownerCopy(&identity))
-		events[0].identityID = identity.ID
-		events = append(events, audit{event: EventIdentityCreate, identityID: identity.ID})
+		copy(cols[keyOwnerColumn:], ownerCopy(&created))
+		identityID = created.ID
 	}
 	stmts = append(stmts, keyInsert(cols))
-	if insert, ok := s.auditInsert(ctx, now, req.WorkspaceID, events); ok {
+	if insert, ok := s.keyCreatedAuditInsert(ctx, now, req.WorkspaceID, keyID, identityID); ok {
 		stmts = append(stmts, insert)
 	}
-	return events[0].identityID, s.execOneTrip(ctx, stmts...)
+	_, err = s.execOneTrip(ctx, statement{}, stmts...)
+	if identityID != "" && IsDuplicateKey(err) {
+		stmts = []statement{keyInsertOwnedByExternalID(cols, req.WorkspaceID, req.ExternalID)}
+		if insert, ok := s.keyCreatedAuditInsert(ctx, now, req.WorkspaceID, keyID, ""); ok {
+			stmts = append(stmts, insert)
+		}
+		identityID, err = s.execOneTrip(ctx, statement{`SELECT identity_id FROM keystore_keys WHERE id = ?`, []any{keyID}}, stmts...)
+	}
+	switch {
+	case errors.Is(err, errNoOneTrip):
+		return "", false, nil
+	case err != nil:
+		return "", false, err
+	}
+	return identityID, req.ExternalID == "" || identityID != "", nil
 }
 
 const keyColumns = `id, workspace_id, key_space_id, hash, start, name,

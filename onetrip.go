@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
 	"errors"
 	"strings"
@@ -9,20 +10,23 @@ import (
 
 // A transaction in one round trip.
 //
-// A transaction whose statements need nothing back from the server but
-// success (no rows read, no affected-rows check) goes to MariaDB as one
-// anonymous compound statement that begins the transaction, runs them and
-// commits:
+// A transaction whose statements do not depend on each other's answers (no
+// rows read by the client, no affected-rows check between them) goes to
+// MariaDB as one anonymous compound statement that begins the transaction,
+// runs them, commits, and may then read one value back:
 //
 //	BEGIN NOT ATOMIC
 //	  DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END;
-//	  START TRANSACTION; <statements>; COMMIT;
+//	  START TRANSACTION; <statements>; COMMIT; [SELECT ...;]
 //	END
 //
 // The handler rolls back on the first error and raises it again, so a
 // failed block leaves no transaction open and its error number (1062, 1213,
 // ...) reaches the caller as if that statement had been sent alone. The
-// server counts the block as one statement (Questions).
+// server counts the block as one statement (Questions). Statements that
+// would otherwise look at an answer are written so that the server does:
+// CreateKey's key INSERT ... SELECT reads the owner, and the final SELECT
+// says which one it got.
 //
 // Why: on this project's benchmark machine a transaction's cost is mostly
 // its round trips. CreateKey of a new owner is BEGIN, two INSERTs and
@@ -59,58 +63,75 @@ type statement struct {
 var errNoOneTrip = errors.New("keystore: server has no anonymous compound statements")
 
 // execOneTrip runs stmts as one transaction in one round trip, retried
-// with the Store's policy like [WithRetryTx]. It returns errNoOneTrip, having
-// written nothing, on servers that cannot (see above).
-func (s *Store) execOneTrip(ctx context.Context, stmts ...statement) error {
+// with the Store's policy like [WithRetryTx]. After the COMMIT, in the same
+// round trip, it runs read, a query of one column, if it has one, and
+// returns that column of its first row ("" for none or NULL). It returns
+// errNoOneTrip, having written nothing, on servers that cannot (see above).
+func (s *Store) execOneTrip(ctx context.Context, read statement, stmts ...statement) (string, error) {
 	if s.noOneTrip.Load() {
-		return errNoOneTrip
+		return "", errNoOneTrip
 	}
 	var b strings.Builder
 	b.WriteString("BEGIN NOT ATOMIC DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END; START TRANSACTION; ")
 	var args []any
-	for _, st := range stmts {
+	write := func(st statement) {
 		b.WriteString(st.query)
 		b.WriteString("; ")
 		args = append(args, st.args...)
 	}
-	b.WriteString("COMMIT; END")
+	for _, st := range stmts {
+		write(st)
+	}
+	write(statement{query: "COMMIT"})
+	if read.query != "" {
+		write(read)
+	}
+	b.WriteString("END")
 	query := b.String()
-	_, err := retry(ctx, &s.retryConfig, func() (struct{}, error) {
-		return struct{}{}, s.oneTrip(ctx, query, args)
+	return retry(ctx, &s.retryConfig, func() (string, error) {
+		return s.oneTrip(ctx, query, args, read.query != "")
 	})
-	return err
 }
 
-// oneTrip is one attempt of execOneTrip.
-func (s *Store) oneTrip(ctx context.Context, query string, args []any) error {
+// oneTrip is one attempt of execOneTrip; read says whether the block ends
+// with a query.
+func (s *Store) oneTrip(ctx context.Context, query string, args []any, read bool) (string, error) {
 	conn, err := s.db.Connx(ctx)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer conn.Close()
 	if err := ctx.Err(); err != nil {
-		return err // nothing sent
+		return "", err // nothing sent
 	}
-	_, err = conn.ExecContext(ctx, query, args...)
+	var value sql.NullString
+	if read {
+		err = conn.QueryRowContext(ctx, query, args...).Scan(&value)
+		if errors.Is(err, sql.ErrNoRows) {
+			err = nil
+		}
+	} else {
+		_, err = conn.ExecContext(ctx, query, args...)
+	}
 	if err == nil {
-		return nil
+		return value.String, nil
 	}
 	if isParseError(err) || isUnsupportedPrepare(err) {
 		s.noOneTrip.Store(true)
-		return errNoOneTrip
+		return "", errNoOneTrip
 	}
 	if errors.Is(err, driver.ErrBadConn) {
-		return err // the driver sent nothing
+		return "", err // the driver sent nothing
 	}
 	n, ok := serverErrorNumber(err)
 	if !ok || lostConnection(n) {
 		discard(conn)
-		return &AmbiguousCommitError{Err: err}
+		return "", &AmbiguousCommitError{Err: err}
 	}
 	if !caughtByHandler(n) {
 		discard(conn)
 	}
-	return err
+	return "", err
 }
 
 // caughtByHandler reports whether server error n is one the block's exit

@@ -121,8 +121,10 @@ func TestOneTripDeadlockIsRetried(t *testing.T) {
 	go func() {
 		done <- keystore.ExecOneTrip(context.Background(), s, `UPDATE t SET v = v + 1 WHERE id = 2`, `UPDATE t SET v = v + 1 WHERE id = 1`)
 	}()
-	for lockWaits(t, other) == 0 {
-		time.Sleep(10 * time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); lockWaits(t, other) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the block never waited for the holder's lock")
+		}
 	}
 	if _, err := holder.Exec(`UPDATE t SET v = v + 10 WHERE id = 2`); err != nil {
 		t.Fatalf("the holder was the deadlock's victim: %v", err)
