@@ -26,6 +26,7 @@ const (
 	errUnknown           = 1105 // ER_UNKNOWN_ERROR: Vitess may carry the real number in the message
 	errSyntax            = 1149 // ER_SYNTAX_ERROR: how Vitess reports syntax it does not know
 	errUnsupportedPS     = 1295 // ER_UNSUPPORTED_PS: a statement the server will not prepare
+	errRecordChanged     = 1020 // ER_CHECKREAD (MariaDB): record changed since the snapshot
 	errClientGone        = 2006 // CR_SERVER_GONE_ERROR: Vitess's connection to MySQL broke, as "(errno 2006)"
 	errClientLost        = 2013 // CR_SERVER_LOST: the same, mid-query
 )

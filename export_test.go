@@ -11,14 +11,14 @@ func WithoutReturning(s *Store) { s.noReturning.Store(true) }
 func WithoutOneTrip(s *Store) { s.noOneTrip.Store(true) }
 
 // ExecOneTrip runs queries (no arguments) as one transaction in one round
-// trip, as CreateKey does.
-func ExecOneTrip(ctx context.Context, s *Store, queries ...string) error {
+// trip, as CreateKey does, with read (if not "") last before the COMMIT,
+// and returns what read read.
+func ExecOneTrip(ctx context.Context, s *Store, read string, queries ...string) (string, error) {
 	stmts := make([]statement, len(queries))
 	for i, q := range queries {
 		stmts[i] = statement{query: q}
 	}
-	_, err := s.execOneTrip(ctx, statement{}, stmts...)
-	return err
+	return s.execOneTrip(ctx, statement{query: read}, stmts...)
 }
 
 // ErrNoOneTrip is what ExecOneTrip returns on a server without anonymous

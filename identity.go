@@ -44,6 +44,15 @@ import (
 // identity was deleted keeps its identity_id and loses the copies: it reads
 // as unowned, exactly the state of the serial order "key created, then
 // identity deleted".
+//
+// On MariaDB, CreateKey sends the same protocol as one or two anonymous
+// compound statements (see createKeyOneTrip and onetrip.go): the owner's
+// INSERT and the key's in one, and when that INSERT finds the owner, the
+// key's INSERT ... SELECT under a shared lock in a second. The first one's
+// rollback drops the shared lock its failed INSERT took, so the owner can
+// be deleted before the second reads it; the second then writes nothing
+// and CreateKey runs the transaction above, which finds or creates the
+// next owner.
 
 // ensureIdentity returns the live identity of externalID in workspaceID,
 // creating it when there is none (then the row has created set). A found

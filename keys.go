@@ -31,17 +31,19 @@ import (
 // Calling CreateKey again after one is safe: it finds the owner; at worst
 // an extra key exists whose plaintext nobody has.
 //
-// Statements, on MariaDB: 1 for a key without permissions or roles, whatever
-// its owner (one anonymous compound statement: see onetrip.go). Otherwise,
-// and on MySQL: 4 for an identity this Store has linked a key to before
-// (BEGIN, insert key reading the identity, audit event, COMMIT); 5 for a new
-// identity (BEGIN, insert identity, insert key, ...) and for an existing one
-// this Store has not seen (the identity's INSERT finds it, the key's INSERT
-// reads it, with RETURNING on MariaDB); 6 for the latter on MySQL, which
-// lacks RETURNING. Once per Store, MySQL is sent the block and RETURNING to
-// find out it has neither. Permissions add 2 (new or not), roles 3 (link,
-// raise group_concat_max_len, recompute the key's sets), ratelimits none;
-// WithoutAudit saves 1.
+// Statements: 4 for an identity this Store has linked a key to before
+// (BEGIN, insert key reading the identity, audit event, COMMIT). On
+// MariaDB, a key without permissions or roles is otherwise 1 (one anonymous
+// compound statement: see onetrip.go), or 2 when its owner exists but the
+// Store has not seen it (the first finds it, the second reads it). In all
+// other cases, and on MySQL: 5 for a new identity (BEGIN, insert identity,
+// insert key, ...) and for an existing one this Store has not seen (the
+// identity's INSERT finds it, the key's INSERT reads it, with RETURNING on
+// MariaDB); 6 for the latter on MySQL, which lacks RETURNING. Once per
+// Store, MySQL is sent the block and RETURNING to find out it has neither.
+// Permissions add 2 (new or not), roles 3 (link, raise
+// group_concat_max_len, recompute the key's sets), ratelimits none;
+// WithoutAudit saves 1 (in a block, the work of one INSERT).
 func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error) {
 	now := s.clock()
 	if err := req.validate(now); err != nil {

@@ -6,6 +6,8 @@ import (
 	"database/sql/driver"
 	"errors"
 	"strings"
+
+	"github.com/jmoiron/sqlx"
 )
 
 // A transaction in one round trip.
@@ -13,20 +15,20 @@ import (
 // A transaction whose statements do not depend on each other's answers (no
 // rows read by the client, no affected-rows check between them) goes to
 // MariaDB as one anonymous compound statement that begins the transaction,
-// runs them, commits, and may then read one value back:
+// runs them, may read one value back, and commits:
 //
 //	BEGIN NOT ATOMIC
 //	  DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END;
-//	  START TRANSACTION; <statements>; COMMIT; [SELECT ...;]
+//	  START TRANSACTION; <statements>; [SELECT ...;] COMMIT;
 //	END
 //
-// The handler rolls back on the first error and raises it again, so a
-// failed block leaves no transaction open and its error number (1062, 1213,
-// ...) reaches the caller as if that statement had been sent alone. The
-// server counts the block as one statement (Questions). Statements that
-// would otherwise look at an answer are written so that the server does:
-// CreateKey's key INSERT ... SELECT reads the owner, and the final SELECT
-// says which one it got.
+// The handler rolls back on the first error a statement raises and raises
+// it again, so such a failure leaves no transaction open and its error
+// number (1062, 1213, ...) reaches the caller as if that statement had been
+// sent alone. The server counts the block as one statement (Questions).
+// Statements that would otherwise look at an answer are written so that
+// the server does: CreateKey's key INSERT ... SELECT reads the owner, and
+// the SELECT says which one it got.
 //
 // Why: on this project's benchmark machine a transaction's cost is mostly
 // its round trips. CreateKey of a new owner is BEGIN, two INSERTs and
@@ -42,12 +44,14 @@ import (
 //     error matches ErrAmbiguousCommit (and still the cause, say
 //     context.DeadlineExceeded). A transaction of several round trips has
 //     that window only around its COMMIT.
+//   - Errors that interrupt the block rather than a statement (KILL QUERY
+//     1317, max_statement_time 1969) run no handler and may come at any
+//     point, COMMIT included: they too are ErrAmbiguousCommit, and the
+//     connection, which may hold the open transaction, is closed.
 //   - MySQL, and proxies that parse SQL, have no anonymous blocks. The
 //     server's syntax error runs nothing; the Store remembers it and sends
-//     such transactions statement by statement from then on.
-//   - An error that no handler catches would leave the transaction open on
-//     the connection; the block runs on a connection of its own, which is
-//     closed unless the error is one the handler is known to have caught.
+//     such transactions statement by statement from then on, as it does
+//     when its retry options set TxOptions (a block would not apply them).
 //
 // Neither multiStatements nor literal values are involved: the block is one
 // statement with placeholders, sent like any other.
@@ -63,39 +67,33 @@ type statement struct {
 var errNoOneTrip = errors.New("keystore: server has no anonymous compound statements")
 
 // execOneTrip runs stmts as one transaction in one round trip, retried
-// with the Store's policy like [WithRetryTx]. After the COMMIT, in the same
-// round trip, it runs read, a query of one column, if it has one, and
+// with the Store's policy like [WithRetryTx]. When read has a query, a
+// query of one column, it runs last before the COMMIT and execOneTrip
 // returns that column of its first row ("" for none or NULL). It returns
-// errNoOneTrip, having written nothing, on servers that cannot (see above).
+// errNoOneTrip, having written nothing, when the Store cannot (see above).
 func (s *Store) execOneTrip(ctx context.Context, read statement, stmts ...statement) (string, error) {
-	if s.noOneTrip.Load() {
+	if s.noOneTrip.Load() || s.retryConfig.txOptions != nil {
 		return "", errNoOneTrip
 	}
 	var b strings.Builder
 	b.WriteString("BEGIN NOT ATOMIC DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END; START TRANSACTION; ")
 	var args []any
-	write := func(st statement) {
-		b.WriteString(st.query)
-		b.WriteString("; ")
-		args = append(args, st.args...)
-	}
-	for _, st := range stmts {
-		write(st)
-	}
-	write(statement{query: "COMMIT"})
-	if read.query != "" {
-		write(read)
+	for _, st := range append(stmts[:len(stmts):len(stmts)], read, statement{query: "COMMIT"}) {
+		if st.query != "" {
+			b.WriteString(st.query)
+			b.WriteString("; ")
+			args = append(args, st.args...)
+		}
 	}
 	b.WriteString("END")
 	query := b.String()
 	return retry(ctx, &s.retryConfig, func() (string, error) {
-		return s.oneTrip(ctx, query, args, read.query != "")
+		return s.oneTrip(ctx, query, args)
 	})
 }
 
-// oneTrip is one attempt of execOneTrip; read says whether the block ends
-// with a query.
-func (s *Store) oneTrip(ctx context.Context, query string, args []any, read bool) (string, error) {
+// oneTrip is one attempt of execOneTrip.
+func (s *Store) oneTrip(ctx context.Context, query string, args []any) (string, error) {
 	conn, err := s.db.Connx(ctx)
 	if err != nil {
 		return "", err
@@ -104,17 +102,9 @@ func (s *Store) oneTrip(ctx context.Context, query string, args []any, read bool
 	if err := ctx.Err(); err != nil {
 		return "", err // nothing sent
 	}
-	var value sql.NullString
-	if read {
-		err = conn.QueryRowContext(ctx, query, args...).Scan(&value)
-		if errors.Is(err, sql.ErrNoRows) {
-			err = nil
-		}
-	} else {
-		_, err = conn.ExecContext(ctx, query, args...)
-	}
+	value, err := queryAll(ctx, conn, query, args)
 	if err == nil {
-		return value.String, nil
+		return value, nil
 	}
 	if isParseError(err) || isUnsupportedPrepare(err) {
 		s.noOneTrip.Store(true)
@@ -123,22 +113,44 @@ func (s *Store) oneTrip(ctx context.Context, query string, args []any, read bool
 	if errors.Is(err, driver.ErrBadConn) {
 		return "", err // the driver sent nothing
 	}
-	n, ok := serverErrorNumber(err)
-	if !ok || lostConnection(n) {
-		discard(conn)
-		return "", &AmbiguousCommitError{Err: err}
+	if n, ok := serverErrorNumber(err); ok && raisedByStatement(n) {
+		return "", err // the handler rolled back
 	}
-	if !caughtByHandler(n) {
-		discard(conn)
-	}
-	return "", err
+	discard(conn)
+	return "", &AmbiguousCommitError{Err: err}
 }
 
-// caughtByHandler reports whether server error n is one the block's exit
-// handler was seen to catch (its rollback tested in onetrip_test.go), so
-// that the connection can go back to the pool.
-func caughtByHandler(n uint16) bool {
-	return n == errDupEntry || n == errLockDeadlock || n == errLockWaitTimeout
+// queryAll runs query and reads every result it sends, so that an error
+// that follows a result set is not lost, and returns the first column of
+// the first row of the first result ("" for none or NULL).
+func queryAll(ctx context.Context, conn *sqlx.Conn, query string, args []any) (string, error) {
+	rows, err := conn.QueryContext(ctx, query, args...)
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	var value sql.NullString
+	if rows.Next() {
+		if err := rows.Scan(&value); err != nil {
+			return "", err
+		}
+	}
+	for more := true; more; more = rows.NextResultSet() {
+		for rows.Next() {
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return "", err
+	}
+	return value.String, rows.Close()
+}
+
+// raisedByStatement reports whether server error n is one a statement of
+// the block raises, which runs its exit handler (seen for 1062, 1205 and
+// 1213 in onetrip_test.go; 1020 is of the same kind), so that the
+// connection can go back to the pool.
+func raisedByStatement(n uint16) bool {
+	return n == errDupEntry || n == errLockDeadlock || n == errLockWaitTimeout || n == errRecordChanged
 }
 
 // isUnsupportedPrepare reports whether err is the server refusing to

@@ -2,7 +2,9 @@ package keystore_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,7 +29,7 @@ func oneTripStore(t *testing.T, opts ...keystore.Option) (s *keystore.Store, db,
 	}
 	db.MustExec(`CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL)`)
 	db.MustExec(`INSERT INTO t VALUES (1, 0), (2, 0)`)
-	_, other = storeOn(t, dsn, 2)
+	_, other = storeOn(t, dsn, 4)
 	return s, db, other
 }
 
@@ -47,7 +49,7 @@ func connectionState(t *testing.T, db *sqlx.DB) (id int64, inTransaction bool) {
 func TestOneTripRollsBackOnError(t *testing.T) {
 	s, db, _ := oneTripStore(t)
 	conn, _ := connectionState(t, db)
-	err := keystore.ExecOneTrip(context.Background(), s,
+	_, err := keystore.ExecOneTrip(context.Background(), s, "",
 		`UPDATE t SET v = 1 WHERE id = 2`, `INSERT INTO t VALUES (1, 1)`)
 	if !keystore.IsDuplicateKey(err) {
 		t.Fatalf("err = %v, want the INSERT's 1062", err)
@@ -68,7 +70,7 @@ func TestOneTripLockWaitTimeout(t *testing.T) {
 	s, db, other := oneTripStore(t, keystore.WithRetryOptions(keystore.MaxAttempts(2),
 		keystore.Backoff(time.Millisecond, time.Millisecond), keystore.OnRetry(func(int, error) { retries.Add(1) })))
 	holder := lockRow(t, other, `UPDATE t SET v = 100 WHERE id = 1`)
-	err := keystore.ExecOneTrip(context.Background(), s,
+	_, err := keystore.ExecOneTrip(context.Background(), s, "",
 		`UPDATE t SET v = 1 WHERE id = 2`, `SET STATEMENT innodb_lock_wait_timeout = 1 FOR UPDATE t SET v = v + 1 WHERE id = 1`)
 	var me *mysql.MySQLError
 	if !errors.Is(err, keystore.ErrRetriesExhausted) || !errors.As(err, &me) || me.Number != 1205 {
@@ -119,11 +121,17 @@ func TestOneTripDeadlockIsRetried(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		done <- keystore.ExecOneTrip(context.Background(), s, `UPDATE t SET v = v + 1 WHERE id = 2`, `UPDATE t SET v = v + 1 WHERE id = 1`)
+		_, err := keystore.ExecOneTrip(context.Background(), s, "", `UPDATE t SET v = v + 1 WHERE id = 2`, `UPDATE t SET v = v + 1 WHERE id = 1`)
+		done <- err
 	}()
 	for deadline := time.Now().Add(10 * time.Second); lockWaits(t, other) == 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("the block never waited for the holder's lock")
+			select {
+			case err := <-done:
+				t.Fatalf("the block never waited for the holder's lock: it returned %v", err)
+			default:
+				t.Fatal("the block never waited for the holder's lock")
+			}
 		}
 	}
 	if _, err := holder.Exec(`UPDATE t SET v = v + 10 WHERE id = 2`); err != nil {
@@ -151,7 +159,7 @@ func TestOneTripContextEndsMidBlock(t *testing.T) {
 	s, _, other := oneTripStore(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	err := keystore.ExecOneTrip(ctx, s, `UPDATE t SET v = 1 WHERE id = 1`, `DO SLEEP(2)`)
+	_, err := keystore.ExecOneTrip(ctx, s, "", `UPDATE t SET v = 1 WHERE id = 1`, `DO SLEEP(2)`)
 	if !errors.Is(err, keystore.ErrAmbiguousCommit) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want ErrAmbiguousCommit and DeadlineExceeded", err)
 	}
@@ -171,7 +179,7 @@ func TestOneTripContextEndsMidBlock(t *testing.T) {
 func TestOneTripUnsupportedFallsBack(t *testing.T) {
 	s, db, _ := oneTripStore(t)
 	ctx := context.Background()
-	if err := keystore.ExecOneTrip(ctx, s, `NOT A STATEMENT`); !errors.Is(err, keystore.ErrNoOneTrip) {
+	if _, err := keystore.ExecOneTrip(ctx, s, "", `NOT A STATEMENT`); !errors.Is(err, keystore.ErrNoOneTrip) {
 		t.Fatalf("err = %v, want ErrNoOneTrip", err)
 	}
 	var created keystore.CreatedKey
@@ -186,5 +194,164 @@ func TestOneTripUnsupportedFallsBack(t *testing.T) {
 	}
 	if k, err := s.GetKey(ctx, "ws", created.KeyID); err != nil || k.IdentityID != created.IdentityID || k.ExternalID != "u" {
 		t.Fatalf("GetKey = %+v, %v; want the key owned by %s", k, err, created.IdentityID)
+	}
+}
+
+// A block's read comes back, and sees the block's own writes.
+func TestOneTripRead(t *testing.T) {
+	s, _, other := oneTripStore(t)
+	got, err := keystore.ExecOneTrip(context.Background(), s, `SELECT v FROM t WHERE id = 2`, `UPDATE t SET v = 7 WHERE id = 2`)
+	if err != nil || got != "7" {
+		t.Fatalf("read %q, %v; want 7", got, err)
+	}
+	if v := count(t, other, `SELECT v FROM t WHERE id = 2`); v != 7 {
+		t.Errorf("v = %d, want 7 committed", v)
+	}
+}
+
+// An error that interrupts the block, not a statement (here
+// max_statement_time, arriving after the read's result set has begun), runs
+// no handler: the error is ambiguous, nothing is retried, and the
+// connection, which held the open transaction, is closed, so nothing
+// commits.
+func TestOneTripInterruptedIsAmbiguous(t *testing.T) {
+	var retries atomic.Int32
+	s, db, other := oneTripStore(t, keystore.WithRetryOptions(keystore.OnRetry(func(int, error) { retries.Add(1) })))
+	db.MustExec(`SET SESSION max_statement_time = 1`) // the pool's one connection
+	conn, _ := connectionState(t, db)
+	_, err := keystore.ExecOneTrip(context.Background(), s, `SELECT IF(SLEEP(3) = 0, 'slept', 'interrupted')`, `UPDATE t SET v = 1 WHERE id = 2`)
+	var me *mysql.MySQLError
+	if !errors.Is(err, keystore.ErrAmbiguousCommit) || !errors.As(err, &me) || me.Number != 1969 {
+		t.Fatalf("err = %v, want ErrAmbiguousCommit wrapping 1969", err)
+	}
+	if retries.Load() != 0 {
+		t.Errorf("%d retries of an ambiguous block", retries.Load())
+	}
+	if v := count(t, other, `SELECT v FROM t WHERE id = 2`); v != 0 {
+		t.Errorf("v = %d: the interrupted block committed", v)
+	}
+	if id, inTx := connectionState(t, db); id == conn || inTx {
+		t.Errorf("connection %d (was %d), in a transaction: %v; want a new one, in none", id, conn, inTx)
+	}
+}
+
+// A Store whose retry options set TxOptions does not send blocks, which
+// would not apply them.
+func TestOneTripNotWithTxOptions(t *testing.T) {
+	s, _, _ := oneTripStore(t, keystore.WithRetryOptions(keystore.TxOptions(&sql.TxOptions{Isolation: sql.LevelReadCommitted})))
+	if _, err := keystore.ExecOneTrip(context.Background(), s, "", `DO 1`); !errors.Is(err, keystore.ErrNoOneTrip) {
+		t.Fatalf("err = %v, want ErrNoOneTrip", err)
+	}
+}
+
+// CreateKey whose ctx ends while its block waits (here for a racing
+// creator of the owner) cannot know whether the block will commit: the
+// error says so, and here it did, once the racer rolled back.
+func TestCreateKeyContextEndsMidBlock(t *testing.T) {
+	s, _, other := oneTripStore(t)
+	racer := lockRow(t, other, `INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at)
+		VALUES ('id_racer', 'ws', 'u', 1, NOW(6), NOW(6))`)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u"})
+	if !errors.Is(err, keystore.ErrAmbiguousCommit) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want ErrAmbiguousCommit and DeadlineExceeded", err)
+	}
+	if err := racer.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for count(t, other, `SELECT COUNT(*) FROM keystore_keys k JOIN keystore_identities i ON i.id = k.identity_id
+		WHERE i.external_id = 'u'`) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the abandoned block never committed its key and owner")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The owner is deleted between CreateKey's two blocks (the first found it
+// there, the second finds it gone): the second writes nothing and the
+// transaction path creates the next owner, with one key, its copies and
+// both events.
+func TestCreateKeyOwnerDeletedBetweenBlocks(t *testing.T) {
+	s, db, other := oneTripStore(t)
+	ctx := context.Background()
+	racer := lockRow(t, other, `INSERT INTO keystore_identities (id, workspace_id, external_id, live, created_at, updated_at)
+		VALUES ('id_racer', 'ws', 'u', 1, NOW(6), NOW(6))`)
+	type result struct {
+		created keystore.CreatedKey
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u"})
+		done <- result{c, err}
+	}()
+	waitForLockWaits(t, other, 1) // the first block, on the racer's row
+	// A deleter queues for the row behind it. When the racer commits, the
+	// first block fails with 1062 and rolls back, the deleter locks the
+	// row, and the second block waits for the deleter.
+	deleter, err := other.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleter.Rollback() })
+	locked := make(chan error, 1)
+	go func() {
+		_, err := deleter.Exec(`SELECT id FROM keystore_identities WHERE workspace_id = 'ws' AND external_id = 'u' AND live = 1 FOR UPDATE`)
+		locked <- err
+	}()
+	// MariaDB takes that lock while it plans the query, where the wait does
+	// not show in INNODB_TRX: wait for the query to be stuck instead.
+	for deadline := time.Now().Add(10 * time.Second); count(t, other, `SELECT COUNT(*) FROM information_schema.PROCESSLIST
+		WHERE DB = DATABASE() AND INFO LIKE 'SELECT id FROM keystore_identities%FOR UPDATE' AND TIME_MS > 200`) == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the deleter never waited")
+		}
+	}
+	if err := racer.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-locked; err != nil {
+		t.Fatal(err)
+	}
+	waitForLockWaits(t, other, 1) // the second block, on the deleter's lock
+	if _, err := deleter.Exec(`UPDATE keystore_identities SET live = NULL, deleted_at = NOW(6) WHERE id = 'id_racer'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := deleter.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.created.IdentityID == "id_racer" || r.created.IdentityID == "" {
+		t.Fatalf("key owned by %q, want a new owner", r.created.IdentityID)
+	}
+	k, err := s.GetKey(ctx, "ws", r.created.KeyID)
+	if err != nil || k.IdentityID != r.created.IdentityID || k.ExternalID != "u" {
+		t.Fatalf("GetKey = %+v, %v; want owned by %s, external id u", k, err, r.created.IdentityID)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys`); n != 1 {
+		t.Errorf("%d keys, want 1", n)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_identities WHERE live = 1`); n != 1 {
+		t.Errorf("%d live identities, want 1", n)
+	}
+	if got := events(t, db, "ws"); !slices.Equal(got, []string{keystore.EventKeyCreate, keystore.EventIdentityCreate}) {
+		t.Errorf("events %v, want key.create and identity.create once", got)
+	}
+}
+
+// waitForLockWaits waits until n transactions of db's database wait for a
+// lock.
+func waitForLockWaits(t *testing.T, db *sqlx.DB, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); lockWaits(t, db) < n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("fewer than %d lock waits after 10 s", n)
+		}
 	}
 }
