@@ -68,8 +68,21 @@ type audit struct {
 // writeAudit inserts events in one statement, in the caller's transaction,
 // unless the Store was made WithoutAudit.
 func (s *Store) writeAudit(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID string, events ...audit) error {
-	if len(events) == 0 || s.noAudit {
+	insert, ok := s.auditInsert(ctx, now, workspaceID, events)
+	if !ok {
 		return nil
+	}
+	if _, err := tx.ExecContext(ctx, insert.query, insert.args...); err != nil {
+		return fmt.Errorf("keystore: write audit event: %w", err)
+	}
+	return nil
+}
+
+// auditInsert returns the INSERT of events, or false when there is nothing
+// to write (no events, or the Store was made WithoutAudit).
+func (s *Store) auditInsert(ctx context.Context, now time.Time, workspaceID string, events []audit) (statement, bool) {
+	if len(events) == 0 || s.noAudit {
+		return statement{}, false
 	}
 	actor := actorFrom(ctx)
 	args := make([]any, 0, 8*len(events))
@@ -77,34 +90,22 @@ func (s *Store) writeAudit(ctx context.Context, tx *sqlx.Tx, now time.Time, work
 		args = append(args, newID("evt"), workspaceID, actor, e.event,
 			nullString(e.keyID), nullString(e.identityID), nullString(e.roleID), utc(now))
 	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO keystore_audit_events
-		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at) VALUES `+rows(len(events), 8), args...)
-	if err != nil {
-		return fmt.Errorf("keystore: write audit event: %w", err)
-	}
-	return nil
+	return statement{`INSERT INTO keystore_audit_events
+		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at) VALUES ` + rows(len(events), 8), args}, true
 }
 
-// keyCreatedAuditInsert returns the INSERT of CreateKey's events: key.create
-// for keyID and, when newIdentityID is set, identity.create for it. Their
-// rows are selected from the key's row and the identity's, so that an event
-// is written only if its row exists, and key.create carries the owner the
-// key got: for a transaction whose statements cannot see each other's
-// outcome (see execOneTrip). false when the Store was made WithoutAudit.
-func (s *Store) keyCreatedAuditInsert(ctx context.Context, now time.Time, workspaceID, keyID, newIdentityID string) (statement, bool) {
+// keyCreatedAuditInsert returns the INSERT of the key.create event of
+// keyID, selected from the key's row: written only if the key was, with the
+// owner the key got. For a block whose key INSERT reads its owner (see
+// createKeyOneTrip). false when the Store was made WithoutAudit.
+func (s *Store) keyCreatedAuditInsert(ctx context.Context, now time.Time, workspaceID, keyID string) (statement, bool) {
 	if s.noAudit {
 		return statement{}, false
 	}
-	actor := actorFrom(ctx)
-	insert := statement{`INSERT INTO keystore_audit_events
+	return statement{`INSERT INTO keystore_audit_events
 		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at)
 		SELECT ?, ?, ?, ?, id, identity_id, NULL, ? FROM keystore_keys WHERE id = ?`,
-		[]any{newID("evt"), workspaceID, actor, EventKeyCreate, utc(now), keyID}}
-	if newIdentityID != "" {
-		insert.query += ` UNION ALL SELECT ?, ?, ?, ?, NULL, id, NULL, ? FROM keystore_identities WHERE id = ?`
-		insert.args = append(insert.args, newID("evt"), workspaceID, actor, EventIdentityCreate, utc(now), newIdentityID)
-	}
-	return insert, true
+		[]any{newID("evt"), workspaceID, actorFrom(ctx), EventKeyCreate, utc(now), keyID}}, true
 }
 
 // ListAuditEvents returns a page of the audit events of a workspace, oldest

@@ -144,20 +144,23 @@ func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateK
 		return "", false, nil
 	}
 	var stmts []statement
+	events := []audit{{event: EventKeyCreate, keyID: keyID}}
 	if req.ExternalID != "" {
 		created, insert := identityInsert(now, req.WorkspaceID, req.ExternalID)
 		stmts = append(stmts, insert)
 		copy(cols[keyOwnerColumn:], ownerCopy(&created))
 		identityID = created.ID
+		events[0].identityID = identityID
+		events = append(events, audit{event: EventIdentityCreate, identityID: identityID})
 	}
 	stmts = append(stmts, keyInsert(cols))
-	if insert, ok := s.keyCreatedAuditInsert(ctx, now, req.WorkspaceID, keyID, identityID); ok {
+	if insert, ok := s.auditInsert(ctx, now, req.WorkspaceID, events); ok {
 		stmts = append(stmts, insert)
 	}
 	_, err = s.execOneTrip(ctx, statement{}, stmts...)
 	if identityID != "" && IsDuplicateKey(err) {
 		stmts = []statement{keyInsertOwnedByExternalID(cols, req.WorkspaceID, req.ExternalID)}
-		if insert, ok := s.keyCreatedAuditInsert(ctx, now, req.WorkspaceID, keyID, ""); ok {
+		if insert, ok := s.keyCreatedAuditInsert(ctx, now, req.WorkspaceID, keyID); ok {
 			stmts = append(stmts, insert)
 		}
 		identityID, err = s.execOneTrip(ctx, statement{`SELECT identity_id FROM keystore_keys WHERE id = ?`, []any{keyID}}, stmts...)

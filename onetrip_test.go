@@ -288,7 +288,7 @@ func TestCreateKeyOwnerDeletedBetweenBlocks(t *testing.T) {
 		c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u"})
 		done <- result{c, err}
 	}()
-	waitForLockWaits(t, other, 1) // the first block, on the racer's row
+	waitForStuckQuery(t, other, `INSERT INTO keystore_identities%`) // the first block, on the racer's row
 	// A deleter queues for the row behind it. When the racer commits, the
 	// first block fails with 1062 and rolls back, the deleter locks the
 	// row, and the second block waits for the deleter.
@@ -302,21 +302,14 @@ func TestCreateKeyOwnerDeletedBetweenBlocks(t *testing.T) {
 		_, err := deleter.Exec(`SELECT id FROM keystore_identities WHERE workspace_id = 'ws' AND external_id = 'u' AND live = 1 FOR UPDATE`)
 		locked <- err
 	}()
-	// MariaDB takes that lock while it plans the query, where the wait does
-	// not show in INNODB_TRX: wait for the query to be stuck instead.
-	for deadline := time.Now().Add(10 * time.Second); count(t, other, `SELECT COUNT(*) FROM information_schema.PROCESSLIST
-		WHERE DB = DATABASE() AND INFO LIKE 'SELECT id FROM keystore_identities%FOR UPDATE' AND TIME_MS > 200`) == 0; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the deleter never waited")
-		}
-	}
+	waitForStuckQuery(t, other, `SELECT id FROM keystore_identities%FOR UPDATE`)
 	if err := racer.Commit(); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-locked; err != nil {
 		t.Fatal(err)
 	}
-	waitForLockWaits(t, other, 1) // the second block, on the deleter's lock
+	waitForStuckQuery(t, other, `INSERT INTO keystore_keys%FROM keystore_identities WHERE%`) // the second block, on the deleter's lock
 	if _, err := deleter.Exec(`UPDATE keystore_identities SET live = NULL, deleted_at = NOW(6) WHERE id = 'id_racer'`); err != nil {
 		t.Fatal(err)
 	}
@@ -345,13 +338,17 @@ func TestCreateKeyOwnerDeletedBetweenBlocks(t *testing.T) {
 	}
 }
 
-// waitForLockWaits waits until n transactions of db's database wait for a
-// lock.
-func waitForLockWaits(t *testing.T, db *sqlx.DB, n int) {
+// waitForStuckQuery waits until a statement of db's database that matches
+// pattern (LIKE; in a compound statement, the statement it is at) has run
+// for 200 ms. A lock wait that MariaDB enters while
+// it plans a statement reading one row by a unique key, as these do, does
+// not show in INNODB_TRX; this sees it.
+func waitForStuckQuery(t *testing.T, db *sqlx.DB, pattern string) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); lockWaits(t, db) < n; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); count(t, db, `SELECT COUNT(*) FROM information_schema.PROCESSLIST
+		WHERE DB = DATABASE() AND INFO LIKE ? AND TIME_MS > 200`, pattern) == 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("fewer than %d lock waits after 10 s", n)
+			t.Fatalf("no statement like %q waited", pattern)
 		}
 	}
 }

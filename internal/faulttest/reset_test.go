@@ -37,11 +37,17 @@ func newWorkload(t *testing.T, workers, calls int, ratelimitsJSON string) *workl
 }
 
 // request returns the external id and sorted permissions of slot j of call i.
+// Slot 2 has none, so that on MariaDB its keys are written in one statement
+// (see onetrip.go) and the faults hit that path too.
 func (w *workload) request(i, j int) (string, []string) {
 	g := i / 5
+	ext := fmt.Sprintf("ext-%02d-%d", g, j)
+	if j == 2 {
+		return ext, nil
+	}
 	perms := []string{"common.read", fmt.Sprintf("group%02d.write", g), fmt.Sprintf("slot%d.admin", j)}
 	sort.Strings(perms)
-	return fmt.Sprintf("ext-%02d-%d", g, j), perms
+	return ext, perms
 }
 
 // tally is what a workload run returned.
