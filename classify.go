@@ -27,6 +27,8 @@ const (
 	errSyntax            = 1149 // ER_SYNTAX_ERROR: how Vitess reports syntax it does not know
 	errUnsupportedPS     = 1295 // ER_UNSUPPORTED_PS: a statement the server will not prepare
 	errRecordChanged     = 1020 // ER_CHECKREAD (MariaDB): record changed since the snapshot
+	errQueryInterrupted  = 1317 // ER_QUERY_INTERRUPTED: KILL QUERY
+	errStatementTimeout  = 1969 // ER_STATEMENT_TIMEOUT (MariaDB): max_statement_time
 	errClientGone        = 2006 // CR_SERVER_GONE_ERROR: Vitess's connection to MySQL broke, as "(errno 2006)"
 	errClientLost        = 2013 // CR_SERVER_LOST: the same, mid-query
 )

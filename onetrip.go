@@ -47,7 +47,10 @@ import (
 //   - Errors that interrupt the block rather than a statement (KILL QUERY
 //     1317, max_statement_time 1969) run no handler and may come at any
 //     point, COMMIT included: they too are ErrAmbiguousCommit, and the
-//     connection, which may hold the open transaction, is closed.
+//     connection, which may hold the open transaction, is closed. Any other
+//     server error was raised by a statement and rolled back by the
+//     handler; it is returned as it is, and the connection is kept only
+//     for the errors tests have seen (raisedByStatement).
 //   - MySQL, and proxies that parse SQL, have no anonymous blocks. The
 //     server's syntax error runs nothing; the Store remembers it and sends
 //     such transactions statement by statement from then on, as it does
@@ -113,11 +116,17 @@ func (s *Store) oneTrip(ctx context.Context, query string, args []any) (string, 
 	if errors.Is(err, driver.ErrBadConn) {
 		return "", err // the driver sent nothing
 	}
-	if n, ok := serverErrorNumber(err); ok && raisedByStatement(n) {
-		return "", err // the handler rolled back
+	n, ok := serverErrorNumber(err)
+	if !ok || lostConnection(n) || n == errQueryInterrupted || n == errStatementTimeout {
+		discard(conn)
+		return "", &AmbiguousCommitError{Err: err}
 	}
-	discard(conn)
-	return "", &AmbiguousCommitError{Err: err}
+	// A statement raised it and the handler rolled back. A connection
+	// whose error was not seen in tests is closed all the same.
+	if !raisedByStatement(n) {
+		discard(conn)
+	}
+	return "", err
 }
 
 // queryAll runs query and reads every result it sends, so that an error
@@ -146,8 +155,8 @@ func queryAll(ctx context.Context, conn *sqlx.Conn, query string, args []any) (s
 }
 
 // raisedByStatement reports whether server error n is one a statement of
-// the block raises, which runs its exit handler (seen for 1062, 1205 and
-// 1213 in onetrip_test.go; 1020 is of the same kind), so that the
+// the block was seen to raise and its exit handler to roll back (1062,
+// 1205 and 1213 in onetrip_test.go; 1020 is of the same kind), so that the
 // connection can go back to the pool.
 func raisedByStatement(n uint16) bool {
 	return n == errDupEntry || n == errLockDeadlock || n == errLockWaitTimeout || n == errRecordChanged

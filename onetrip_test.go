@@ -352,3 +352,21 @@ func waitForStuckQuery(t *testing.T, db *sqlx.DB, pattern string) {
 		}
 	}
 }
+
+// Any other error a statement raises (here a missing table, as before
+// Migrate) is rolled back by the handler and returned as it is: not
+// ambiguous, nothing written, no transaction left open.
+func TestOneTripStatementErrorIsNotAmbiguous(t *testing.T) {
+	s, db, other := oneTripStore(t)
+	_, err := keystore.ExecOneTrip(context.Background(), s, "", `UPDATE t SET v = 1 WHERE id = 2`, `INSERT INTO no_such_table VALUES (1)`)
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) || me.Number != 1146 || errors.Is(err, keystore.ErrAmbiguousCommit) {
+		t.Fatalf("err = %v, want 1146 and not ErrAmbiguousCommit", err)
+	}
+	if v := count(t, other, `SELECT v FROM t WHERE id = 2`); v != 0 {
+		t.Errorf("v = %d: the UPDATE before the failure was committed", v)
+	}
+	if _, inTx := connectionState(t, db); inTx {
+		t.Error("a transaction was left open")
+	}
+}
