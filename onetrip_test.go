@@ -124,16 +124,7 @@ func TestOneTripDeadlockIsRetried(t *testing.T) {
 		_, err := keystore.ExecOneTrip(context.Background(), s, "", `UPDATE t SET v = v + 1 WHERE id = 2`, `UPDATE t SET v = v + 1 WHERE id = 1`)
 		done <- err
 	}()
-	for deadline := time.Now().Add(10 * time.Second); lockWaits(t, other) == 0; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			select {
-			case err := <-done:
-				t.Fatalf("the block never waited for the holder's lock: it returned %v", err)
-			default:
-				t.Fatal("the block never waited for the holder's lock")
-			}
-		}
-	}
+	waitLockWaits(t, other, 1)
 	if _, err := holder.Exec(`UPDATE t SET v = v + 10 WHERE id = 2`); err != nil {
 		t.Fatalf("the holder was the deadlock's victim: %v", err)
 	}
@@ -164,13 +155,7 @@ func TestOneTripContextEndsMidBlock(t *testing.T) {
 		t.Fatalf("err = %v, want ErrAmbiguousCommit and DeadlineExceeded", err)
 	}
 	// Here it did commit: the server ran the block to its end.
-	deadline := time.Now().Add(10 * time.Second)
-	for count(t, other, `SELECT v FROM t WHERE id = 1`) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the abandoned block never committed")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitForCount(t, other, `SELECT v FROM t WHERE id = 1`, 1, "the abandoned block never committed")
 }
 
 // A server that does not know the block's syntax (MySQL) gets it once; the
@@ -260,13 +245,18 @@ func TestCreateKeyContextEndsMidBlock(t *testing.T) {
 	if err := racer.Rollback(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for count(t, other, `SELECT COUNT(*) FROM keystore_keys k JOIN keystore_identities i ON i.id = k.identity_id
-		WHERE i.external_id = 'u'`) != 1 {
+	waitForCount(t, other, `SELECT COUNT(*) FROM keystore_keys k JOIN keystore_identities i ON i.id = k.identity_id
+		WHERE i.external_id = 'u'`, 1, "the abandoned block never committed its key and owner")
+}
+
+// waitForCount waits up to 10 s for query to count want, and fails with
+// msg if it never does.
+func waitForCount(t *testing.T, db *sqlx.DB, query string, want int, msg string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); count(t, db, query) != want; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("the abandoned block never committed its key and owner")
+			t.Fatal(msg)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
