@@ -29,6 +29,7 @@ const (
 	errRecordChanged     = 1020 // ER_CHECKREAD (MariaDB): record changed since the snapshot
 	errQueryInterrupted  = 1317 // ER_QUERY_INTERRUPTED: KILL QUERY
 	errStatementTimeout  = 1969 // ER_STATEMENT_TIMEOUT (MariaDB): max_statement_time
+	errSignalException   = 1644 // ER_SIGNAL_EXCEPTION: SIGNAL SQLSTATE '45000' (requireRowWritten)
 	errClientGone        = 2006 // CR_SERVER_GONE_ERROR: Vitess's connection to MySQL broke, as "(errno 2006)"
 	errClientLost        = 2013 // CR_SERVER_LOST: the same, mid-query
 )

@@ -24,3 +24,11 @@ func ExecOneTrip(ctx context.Context, s *Store, read string, queries ...string) 
 // ErrNoOneTrip is what ExecOneTrip returns on a server without anonymous
 // compound statements.
 var ErrNoOneTrip = errNoOneTrip
+
+// RequireRowWritten is the block statement that ends a block when the
+// statement before it changed no row, and IsNoRowWritten recognises its
+// error.
+var (
+	RequireRowWritten = requireRowWritten.query
+	IsNoRowWritten    = isNoRowWritten
+)

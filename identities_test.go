@@ -161,6 +161,14 @@ func TestStaleIdentityHint(t *testing.T) {
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_keys WHERE identity_id = ?`, first.IdentityID); n != 1 {
 		t.Fatalf("%d keys on the deleted identity, want 1", n)
 	}
+	// The attempt on the deleted identity (on MariaDB, a block stopped
+	// when its INSERT ... SELECT found no live owner) left no event.
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_audit_events WHERE event = 'key.create'`); n != 3 {
+		t.Fatalf("%d key.create events for 3 keys", n)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_audit_events WHERE event = 'key.create' AND identity_id = ?`, first.IdentityID); n != 1 {
+		t.Fatalf("%d key.create events name the deleted identity, want 1", n)
+	}
 	// UpdateKey's link reads a hinted owner by its id: deleted again, the
 	// owner is created anew there too, then found.
 	seen, err := s.FindIdentity(ctx, "ws", "u")

@@ -185,21 +185,31 @@ func ownerCopy(r *identityRow) []any {
 // DeleteIdentity that rewrites its keys' copies waits for this key.
 func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, cols []any) (identityRow, error) {
 	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
-	if id, ok := s.hints.get(workspaceID, externalID); ok {
+	id, seen := s.hints.get(workspaceID, externalID)
+	if seen {
 		inserted, err := insertKeyOwnedByID(ctx, tx, cols, id)
 		if err != nil || inserted {
 			found.ID = id
 			return found, err
 		}
-		// Deleted since. The identity is more likely re-created than not:
-		// find it with a plain read, without the locks that the INSERT
-		// below takes on the index entries deleted identities left behind
-		// (those deadlocked with DeleteIdentity's UPDATE of the same
-		// entries, measured in TestConcurrentDeleteAndRecreateIdentity).
 		s.hints.forget(workspaceID, externalID)
-		err = tx.GetContext(ctx, &id, selectIdentityID, workspaceID, externalID)
+	}
+	// A plain read of the id first when the hint was stale or the server
+	// has no RETURNING:
+	//   - stale: the identity is more likely re-created than not, and this
+	//     read takes none of the locks that the INSERT below takes on the
+	//     index entries deleted identities left behind (those deadlocked
+	//     with DeleteIdentity's UPDATE of the same entries, measured in
+	//     TestConcurrentDeleteAndRecreateIdentity);
+	//   - no RETURNING: an existing owner then costs this read and the
+	//     key's INSERT, as the seed's find-then-insert does, instead of a
+	//     failed INSERT and a read; a new one costs the read more.
+	// If the identity is deleted after the read, the INSERT ... SELECT by
+	// id inserts nothing and the identity's INSERT follows.
+	if seen || s.noReturning.Load() {
+		err := tx.GetContext(ctx, &id, selectIdentityID, workspaceID, externalID)
 		if err == nil {
-			if inserted, err = insertKeyOwnedByID(ctx, tx, cols, id); err != nil || inserted {
+			if inserted, err := insertKeyOwnedByID(ctx, tx, cols, id); err != nil || inserted {
 				found.ID = id
 				return found, err
 			}

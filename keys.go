@@ -31,16 +31,17 @@ import (
 // Calling CreateKey again after one is safe: it finds the owner; at worst
 // an extra key exists whose plaintext nobody has.
 //
-// Statements: 4 for an identity this Store has linked a key to before
-// (BEGIN, insert key reading the identity, audit event, COMMIT). On
-// MariaDB, a key without permissions or roles is otherwise 1 (one anonymous
-// compound statement: see onetrip.go), or 2 when its owner exists but the
-// Store has not seen it (the first finds it, the second reads it). In all
-// other cases, and on MySQL: 5 for a new identity (BEGIN, insert identity,
-// insert key, ...) and for an existing one this Store has not seen (the
-// identity's INSERT finds it, the key's INSERT reads it, with RETURNING on
-// MariaDB); 6 for the latter on MySQL, which lacks RETURNING. Once per
-// Store, MySQL is sent the block and RETURNING to find out it has neither.
+// Statements: on MariaDB a key without permissions or roles is 1 (one
+// anonymous compound statement: see onetrip.go), or 2 when its owner
+// exists but the Store has not seen it (the first finds it, the second
+// reads it). Otherwise, and on MySQL, statements go one by one: 4 for an
+// identity this Store has linked a key to before (BEGIN, insert key reading
+// the identity, audit event, COMMIT); 5 for a new identity (BEGIN, insert
+// identity, insert key, ...) and for an existing one this Store has not
+// seen (the identity's INSERT finds it, the key's INSERT reads it, with
+// RETURNING). MySQL lacks RETURNING: there the id is read first, so an
+// existing identity costs 5 and a new one 6. Once per Store, MySQL is sent
+// the block and RETURNING to find out it has neither.
 // Permissions add 2 (new or not), roles 3 (link, raise
 // group_concat_max_len, recompute the key's sets), ratelimits none;
 // WithoutAudit saves 1 (in a block, the work of one INSERT).
@@ -131,34 +132,41 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 
 // createKeyOneTrip creates the key row cols (owner columns unset) and its
 // audit events in one round trip (see execOneTrip), and returns the key's
-// owner ("" for none). An owner the Store has not seen is taken to be new:
-// the block creates it, and if it exists (1062, after waiting for a racing
-// creator to commit), a second block inserts the key reading the owner
-// under a shared lock, as insertOwnedKey does, and says which it got. done
-// is false when nothing was written and the caller's transaction must do
-// it: the server has no anonymous blocks, the owner is one the Store has
-// seen (the transaction's INSERT ... SELECT by its id is as quick), or it
-// was deleted between the blocks.
+// owner ("" for none):
+//   - an owner the Store has seen: the key's INSERT ... SELECT reads it by
+//     its id under a shared lock, as insertOwnedKey does, and the block
+//     stops there if it is no longer live.
+//   - an owner the Store has not seen is taken to be new: the block creates
+//     it, and if it exists (1062, after waiting for a racing creator to
+//     commit), a second block inserts the key reading the owner by its
+//     external id and says which it got.
+//
+// done is false when nothing was written and the caller's transaction must
+// do it: the server has no anonymous blocks, or the owner was deleted (since
+// the Store saw it, or between the blocks).
 func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateKeyRequest, keyID string, cols []any) (identityID string, done bool, err error) {
-	if _, seen := s.hints.get(req.WorkspaceID, req.ExternalID); seen {
-		return "", false, nil
-	}
 	var stmts []statement
 	events := []audit{{event: EventKeyCreate, keyID: keyID}}
-	if req.ExternalID != "" {
+	hinted, seen := s.hints.get(req.WorkspaceID, req.ExternalID)
+	switch {
+	case seen:
+		identityID = hinted
+		stmts = append(stmts, keyInsertOwnedByID(cols, identityID), requireRowWritten)
+	case req.ExternalID != "":
 		created, insert := identityInsert(now, req.WorkspaceID, req.ExternalID)
-		stmts = append(stmts, insert)
 		copy(cols[keyOwnerColumn:], ownerCopy(&created))
 		identityID = created.ID
-		events[0].identityID = identityID
 		events = append(events, audit{event: EventIdentityCreate, identityID: identityID})
+		stmts = append(stmts, insert, keyInsert(cols))
+	default:
+		stmts = append(stmts, keyInsert(cols))
 	}
-	stmts = append(stmts, keyInsert(cols))
+	events[0].identityID = identityID
 	if insert, ok := s.auditInsert(ctx, now, req.WorkspaceID, events); ok {
 		stmts = append(stmts, insert)
 	}
 	_, err = s.execOneTrip(ctx, statement{}, stmts...)
-	if identityID != "" && IsDuplicateKey(err) {
+	if !seen && identityID != "" && IsDuplicateKey(err) {
 		stmts = []statement{keyInsertOwnedByExternalID(cols, req.WorkspaceID, req.ExternalID)}
 		if insert, ok := s.keyCreatedAuditInsert(ctx, now, req.WorkspaceID, keyID); ok {
 			stmts = append(stmts, insert)
@@ -166,7 +174,7 @@ func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateK
 		identityID, err = s.execOneTrip(ctx, statement{`SELECT identity_id FROM keystore_keys WHERE id = ?`, []any{keyID}}, stmts...)
 	}
 	switch {
-	case errors.Is(err, errNoOneTrip):
+	case errors.Is(err, errNoOneTrip), isNoRowWritten(err):
 		return "", false, nil
 	case err != nil:
 		return "", false, err

@@ -311,9 +311,9 @@ func testCreateKeyStatementCount(t *testing.T, mysqlPaths bool) {
 	s, db := storeOn(t, keystoretest.DSN(t), 1)
 	// A Store that has not seen u1 (another process, say) guesses it is
 	// new and tries the identity's INSERT first; the key's INSERT then
-	// reads the identity and returns its id. Without RETURNING the id is
-	// read first: one statement more (MySQL only, where this is the first
-	// key of an identity per Store).
+	// reads the identity and returns its id. Without RETURNING (MySQL) the
+	// id is read first, as the seed's code does: new identities cost the
+	// read more, existing ones the failed INSERT less.
 	other, err := keystore.New(db)
 	if err != nil {
 		t.Fatal(err)
@@ -327,14 +327,16 @@ func testCreateKeyStatementCount(t *testing.T, mysqlPaths bool) {
 	// want is the exact count; the budgets (with the audit event)
 	// are 5 for an existing identity, 6 for a new one, 9 and 8 with
 	// permissions and ratelimits.
-	noIdentity, newIdentity, unseen := 1, 1, 2 // MariaDB: one block, two for an unseen owner
+	// MariaDB: one block, two for an unseen owner.
+	noIdentity, newIdentity, existing, unseen, newWithSets := 1, 1, 1, 2, 7
 	switch {
 	case mysqlPaths:
-		noIdentity, newIdentity, unseen = 4, 5, 6
+		noIdentity, newIdentity, existing, unseen, newWithSets = 4, 6, 4, 5, 8
 	case !isMariaDB(t, db):
 		// MySQL: each Store's first CreateKey tries the anonymous block
-		// once (a syntax error), and other's the RETURNING too.
-		noIdentity, newIdentity, unseen = 5, 5, 8
+		// once (a syntax error), and other's the RETURNING too; until
+		// then neither Store knows to read the id first.
+		noIdentity, newIdentity, existing, unseen = 5, 5, 4, 8
 	}
 	ctx := context.Background()
 	rl := []keystore.Ratelimit{{Name: "a", Limit: 1, Duration: time.Second}, {Name: "b", Limit: 1, Duration: time.Second}}
@@ -347,9 +349,9 @@ func testCreateKeyStatementCount(t *testing.T, mysqlPaths bool) {
 	}{
 		{"no identity", s, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"}, noIdentity},
 		{"new identity", s, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u1"}, newIdentity},
-		{"existing identity", s, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u1"}, 4},
+		{"existing identity", s, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u1"}, existing},
 		{"new identity, 3 new permissions, 2 ratelimits", s, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
-			ExternalID: "u2", Permissions: perms, Ratelimits: rl}, 7},
+			ExternalID: "u2", Permissions: perms, Ratelimits: rl}, newWithSets},
 		{"existing identity and permissions, 2 ratelimits", s, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
 			ExternalID: "u2", Permissions: perms, Ratelimits: rl}, 6},
 		{"no identity, one role", s, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Roles: []string{"reader"}}, 7},

@@ -62,6 +62,32 @@ func TestOneTripRollsBackOnError(t *testing.T) {
 	}
 }
 
+// RequireRowWritten ends a block whose previous statement changed no row,
+// undoing what came before, and lets one that changed a row go on.
+func TestOneTripRequireRowWritten(t *testing.T) {
+	s, db, _ := oneTripStore(t)
+	conn, _ := connectionState(t, db)
+	ctx := context.Background()
+	_, err := keystore.ExecOneTrip(ctx, s, "", `UPDATE t SET v = 1 WHERE id = 2`,
+		`UPDATE t SET v = 1 WHERE id = 3`, keystore.RequireRowWritten, `UPDATE t SET v = 1 WHERE id = 1`)
+	if !keystore.IsNoRowWritten(err) || keystore.IsRetryable(err) || errors.Is(err, keystore.ErrAmbiguousCommit) {
+		t.Fatalf("err = %v, want the guard's error, definite and not retryable", err)
+	}
+	if n := count(t, db, `SELECT SUM(v) FROM t`); n != 0 {
+		t.Errorf("%d rows updated by the stopped block, want 0", n)
+	}
+	if id, inTx := connectionState(t, db); id != conn || inTx {
+		t.Errorf("after the stopped block: connection %d (was %d), in a transaction: %v; want the same one, in none", id, conn, inTx)
+	}
+	if _, err := keystore.ExecOneTrip(ctx, s, "", `UPDATE t SET v = 1 WHERE id = 2`, keystore.RequireRowWritten,
+		`UPDATE t SET v = 1 WHERE id = 1`); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, db, `SELECT SUM(v) FROM t`); n != 2 {
+		t.Errorf("%d rows updated by the block that wrote its row, want 2", n)
+	}
+}
+
 // A block that a lock-wait timeout (1205) stops rolls back its earlier
 // statements too (a 1205 on its own rolls back only its statement), and is
 // retried like a transaction.
