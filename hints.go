@@ -9,11 +9,12 @@ import (
 // identityHints remembers identities this Store knows to be committed, found
 // or linked to (external id -> identity id), to choose CreateKey's first statement: for
 // an identity seen before, the key's INSERT reads the owner itself; for one
-// never seen, the identity's INSERT goes first. A hint is a guess and
-// nothing more: a wrong one costs a statement or two (an identity created
-// by another process: the identity's INSERT that finds it; one deleted
-// since: the key's INSERT that inserts nothing, then a read). It is safe
-// for concurrent use.
+// never seen, the identity's INSERT goes first (on MySQL, a read of its id).
+// A hint is a guess and nothing more: a wrong one costs a round trip or two
+// (an identity created by another process: the identity's INSERT that finds
+// it; one deleted since: the key's INSERT that inserts nothing, on MariaDB
+// once in a block and once more in the transaction that follows, then a
+// read). It is safe for concurrent use.
 type identityHints struct {
 	mu      sync.Mutex
 	seen    map[string]string

@@ -46,9 +46,11 @@ import (
 // identity deleted".
 //
 // On MariaDB, CreateKey sends the same protocol as one or two anonymous
-// compound statements (see createKeyOneTrip and onetrip.go): the owner's
-// INSERT and the key's in one, and when that INSERT finds the owner, the
-// key's INSERT ... SELECT under a shared lock in a second. The first one's
+// compound statements (see createKeyOneTrip and onetrip.go): for an owner
+// the Store has seen, the key's INSERT ... SELECT by its id, stopped by
+// requireRowWritten if it is gone; otherwise the owner's INSERT and the
+// key's in one, and when that INSERT finds the owner, the key's INSERT ...
+// SELECT under a shared lock in a second. The first one's
 // rollback drops the shared lock its failed INSERT took, so the owner can
 // be deleted before the second reads it; the second then writes nothing
 // and CreateKey runs the transaction above, which finds or creates the

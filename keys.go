@@ -142,8 +142,9 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 //     external id and says which it got.
 //
 // done is false when nothing was written and the caller's transaction must
-// do it: the server has no anonymous blocks, or the owner was deleted (since
-// the Store saw it, or between the blocks).
+// do it: the server has no anonymous blocks, the Store's retry options set
+// TxOptions, or the owner was deleted (since the Store saw it, or between
+// the blocks).
 func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateKeyRequest, keyID string, cols []any) (identityID string, done bool, err error) {
 	var stmts []statement
 	events := []audit{{event: EventKeyCreate, keyID: keyID}}

@@ -295,7 +295,8 @@ func statements(t testing.TB, db *sqlx.DB, f func()) int {
 // The statement budget of CreateKey: the seed's find-then-insert needs 4 with
 // an existing identity and 5 with a new one; keystore does the same plus one
 // statement for the audit event. On MariaDB a key without permissions or
-// roles and with no owner or a new one is one statement (see onetrip.go).
+// roles is one statement (see onetrip.go), two for an existing owner the
+// Store has not seen.
 func TestCreateKeyStatementCount(t *testing.T) {
 	for _, mysqlPaths := range []bool{false, true} {
 		t.Run(fmt.Sprintf("mysql-paths=%v", mysqlPaths), func(t *testing.T) {
