@@ -2,8 +2,10 @@ package keystore_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -231,6 +233,13 @@ func TestValidationWritesNothing(t *testing.T) {
 		{"Name", func(r *keystore.CreateKeyRequest) { r.Name = strings.Repeat("n", 1<<20) }},
 		{"Meta", func(r *keystore.CreateKeyRequest) { r.Meta = map[string]any{"big": strings.Repeat("x", 65<<10)} }},
 		{"Meta", func(r *keystore.CreateKeyRequest) { r.Meta = map[string]any{"ch": make(chan int)} }},
+		{"Meta", func(r *keystore.CreateKeyRequest) { r.Meta = deepMeta(10001) }},
+		{"Meta", func(r *keystore.CreateKeyRequest) { r.Meta = deepMeta(101) }},
+		{"Meta", func(r *keystore.CreateKeyRequest) {
+			r.Meta = map[string]any{"n": map[string]any{"\xff": "one", "\xfe": "two"}}
+		}},
+		{"Meta", func(r *keystore.CreateKeyRequest) { r.Meta = map[string]any{"v": []any{"bad\xffbyte"}} }},
+		{"Meta", func(r *keystore.CreateKeyRequest) { r.Meta = map[string]any{"n": int64(1)<<53 + 1} }},
 		{"Expires", func(r *keystore.CreateKeyRequest) { r.Expires = &past }},
 		{"Credits.Remaining", func(r *keystore.CreateKeyRequest) { r.Credits = &keystore.Credits{Remaining: -1} }},
 		{"Credits.Refill.Amount", func(r *keystore.CreateKeyRequest) {
@@ -268,12 +277,21 @@ func TestValidationWritesNothing(t *testing.T) {
 		{"Enabled", keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: "key_x", Enabled: keystore.Null[bool]()}},
 		{"ExternalID", keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: "key_x", ExternalID: keystore.Set("")}},
 		{"Permissions[0]", keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: "key_x", Permissions: keystore.Set([]string{"a b"})}},
+		{"Meta", keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: "key_x", Meta: keystore.Set(deepMeta(10001))}},
 	}
 	for _, c := range updates {
 		_, err := s.UpdateKey(ctx, c.req)
 		var ve *keystore.ValidationError
 		if !errors.As(err, &ve) || ve.Field != c.field || !errors.Is(err, keystore.ErrInvalidInput) {
 			t.Errorf("UpdateKey %s: err = %v", c.field, err)
+		}
+	}
+	for _, meta := range []map[string]any{deepMeta(10001), {"k": map[string]any{"\xff": 1}}} {
+		_, err := s.UpdateIdentity(ctx, keystore.UpdateIdentityRequest{WorkspaceID: "ws", ExternalID: "owner",
+			Meta: keystore.Set(meta)})
+		var ve *keystore.ValidationError
+		if !errors.As(err, &ve) || ve.Field != "Meta" {
+			t.Errorf("UpdateIdentity Meta: err = %v", err)
 		}
 	}
 	for table, n := range rowsInAllTables(t, db) {
@@ -453,4 +471,81 @@ func TestNewOptions(t *testing.T) {
 	if _, err := keystore.New(sqlx.NewDb(nil, "postgres")); err == nil {
 		t.Error("New with a driver other than mysql returned no error")
 	}
+}
+
+// deepMeta returns a Meta nested depth levels deep, Meta itself counted.
+func deepMeta(depth int) map[string]any {
+	var v any = "leaf"
+	for range depth - 1 {
+		v = map[string]any{"a": v}
+	}
+	return map[string]any{"a": v}
+}
+
+// A Meta that validation accepts reads back exactly through every read:
+// nested keys and strings byte for byte, numbers as the same float64,
+// nesting up to the limit. A key with the deepest Meta allowed does not
+// break the reads of its key space.
+func TestMetaReadsBackExactly(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	meta := map[string]any{
+		"deep":    deepMeta(99),
+		"strings": map[string]any{"\uFFFD": "\uFFFD", `\ufffd`: "a\x00\"\\<>&\u2028", "": ""},
+		"numbers": []any{int64(1) << 53, int64(-1) << 63, 0.1, 1e300, 5e-324, -0.5, json.Number("1.50")},
+	}
+	want, _ := json.Marshal(meta)
+	var wantMeta map[string]any
+	if err := json.Unmarshal(want, &wantMeta); err != nil {
+		t.Fatal(err)
+	}
+	same := func(what string, got map[string]any) {
+		t.Helper()
+		if !reflect.DeepEqual(got, wantMeta) {
+			t.Errorf("%s: Meta read back differently", what)
+		}
+	}
+	created, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "owner", Meta: meta})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := s.GetKey(ctx, "ws", created.KeyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same("GetKey", k.Meta)
+	v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: created.Key})
+	if err != nil || !v.Valid {
+		t.Fatalf("VerifyKey: %+v, %v", v, err)
+	}
+	same("VerifyKey", v.Meta)
+	if v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: plain.Key}); err != nil || !v.Valid {
+		t.Fatalf("VerifyKey of the other key: %+v, %v", v, err)
+	}
+	page, err := s.ListKeys(ctx, keystore.ListKeysRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+	if err != nil || len(page.Items) != 2 {
+		t.Fatalf("ListKeys: %d keys, %v", len(page.Items), err)
+	}
+	for _, k := range page.Items {
+		if k.ID == created.KeyID {
+			same("ListKeys", k.Meta)
+		}
+	}
+	if _, err := s.UpdateIdentity(ctx, keystore.UpdateIdentityRequest{WorkspaceID: "ws", ExternalID: "owner",
+		Meta: keystore.Set(meta)}); err != nil {
+		t.Fatal(err)
+	}
+	id, err := s.FindIdentity(ctx, "ws", "owner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	same("FindIdentity", id.Meta)
+	if v, err = s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: created.Key}); err != nil {
+		t.Fatal(err)
+	}
+	same("VerifyKey IdentityMeta", v.IdentityMeta)
 }

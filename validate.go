@@ -1,7 +1,6 @@
 package keystore
 
 import (
-	"encoding/json"
 	"strconv"
 	"strings"
 	"time"
@@ -16,8 +15,6 @@ const (
 	limitPrefixChars        = 16
 	limitMinByteLength      = 16
 	limitMaxByteLength      = 255
-	limitMetaEntries        = 100
-	limitMetaBytes          = 64 << 10 // size of json.Marshal(Meta)
 	limitRatelimits         = 50
 	limitRatelimitNameChars = 128
 	limitMinRatelimitPeriod = time.Second
@@ -211,32 +208,6 @@ func validatePrefix(field, s string) error {
 func validateByteLength(field string, n int) error {
 	if n != 0 && (n < limitMinByteLength || n > limitMaxByteLength) {
 		return invalid(field, "must be 0 (default) or %d..%d", limitMinByteLength, limitMaxByteLength)
-	}
-	return nil
-}
-
-// validateMeta checks that m has at most 100 top-level entries, that every
-// top-level key is valid UTF-8 and that it marshals to at most 64 KiB of
-// JSON. A value json cannot marshal (a channel, a NaN) makes it invalid.
-//
-// Invalid UTF-8 keys are rejected because json.Marshal silently replaces
-// bad bytes with U+FFFD, so two distinct keys could become duplicate JSON
-// object keys. Nested maps are not walked.
-func validateMeta(field string, m map[string]any) error {
-	if len(m) > limitMetaEntries {
-		return invalid(field, "must have at most %d entries", limitMetaEntries)
-	}
-	for k := range m {
-		if !utf8.ValidString(k) {
-			return invalid(field, "keys must be valid UTF-8")
-		}
-	}
-	b, err := json.Marshal(m)
-	if err != nil {
-		return invalid(field, "must be marshalable to JSON: %v", err)
-	}
-	if len(b) > limitMetaBytes {
-		return invalid(field, "must be at most %d bytes as JSON", limitMetaBytes)
 	}
 	return nil
 }
