@@ -18,6 +18,10 @@ var (
 	// connection failed before the reply). The transaction may or may not
 	// have been applied; it is never retried.
 	ErrAmbiguousCommit = errors.New("keystore: commit outcome unknown")
+	// ErrUnsupportedSetting: the connection's settings would break what
+	// keystore promises (autocommit off, or a DSN that names no database);
+	// nothing was written. The message names the setting and the fix.
+	ErrUnsupportedSetting = errors.New("keystore: unsupported connection setting")
 )
 
 // ValidationError names the request field that failed validation and why.

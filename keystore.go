@@ -29,6 +29,7 @@ type Store struct {
 	noAudit     bool
 	hints       identityHints
 	replica     *replica // nil: none
+	session     sessionCheck
 	prepared    preparedStatements
 	// noReturning is set once the server rejected INSERT ... RETURNING,
 	// noOneTrip once it rejected an anonymous block (see execOneTrip).
@@ -101,6 +102,10 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 // tx runs fn in a retried transaction with the Store's retry policy and
 // then extra.
 func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *sqlx.Tx) (T, error), extra ...RetryOption) (T, error) {
+	if err := s.session.verify(ctx, s.db); err != nil {
+		var zero T
+		return zero, err
+	}
 	return WithRetryTx(ctx, s.db, fn, append(s.retry[:len(s.retry):len(s.retry)], extra...)...)
 }
 

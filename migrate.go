@@ -17,12 +17,29 @@ var migrations embed.FS
 // database of the Store's connection. It is idempotent, and safe to run
 // concurrently from several processes: a named server lock (GET_LOCK)
 // serialises them, and every statement is idempotent anyway.
+//
+// It returns an error matching ErrUnsupportedSetting, having done nothing,
+// when the DSN names no database or its sessions run with autocommit off.
 func (s *Store) Migrate(ctx context.Context) error {
 	conn, err := s.db.Connx(ctx)
 	if err != nil {
 		return fmt.Errorf("keystore: migrate: %w", err)
 	}
 	defer conn.Close()
+	var session struct {
+		Database   *string `db:"db"`
+		Autocommit int     `db:"autocommit"`
+	}
+	if err := conn.GetContext(ctx, &session, `SELECT DATABASE() AS db, @@SESSION.autocommit AS autocommit`); err != nil {
+		return fmt.Errorf("keystore: migrate: %w", err)
+	}
+	if session.Database == nil {
+		return fmt.Errorf("keystore: migrate: %w: the DSN names no database (user@tcp(host)/dbname)", ErrUnsupportedSetting)
+	}
+	if err := requireAutocommit(session.Autocommit); err != nil {
+		return fmt.Errorf("keystore: migrate: %w", err)
+	}
+	s.session.ok.Store(true) // the pool's sessions autocommit: the Store need not ask again
 	var locked *int
 	if err := conn.GetContext(ctx, &locked, `SELECT GET_LOCK(CONCAT(DATABASE(), '.keystore_migrate'), 60)`); err != nil {
 		return fmt.Errorf("keystore: migrate: lock: %w", err)

@@ -83,6 +83,9 @@ func (s *Store) execOneTrip(ctx context.Context, read statement, stmts ...statem
 	if s.noOneTrip.Load() || s.retryConfig.txOptions != nil {
 		return "", errNoOneTrip
 	}
+	if err := s.session.verify(ctx, s.db); err != nil {
+		return "", err
+	}
 	var b strings.Builder
 	b.WriteString("BEGIN NOT ATOMIC DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END; START TRANSACTION; ")
 	var args []any

@@ -49,6 +49,7 @@ type replica struct {
 	// skipUntil is when reads try the replica again after it failed, in
 	// Unix nanoseconds; 0 when it has not failed.
 	skipUntil atomic.Int64
+	session   sessionCheck
 }
 
 // Defaults of the replica.
@@ -99,10 +100,13 @@ func ContextWithPrimaryRead(ctx context.Context) context.Context {
 func (s *Store) read(ctx context.Context, f func(ctx context.Context, db *sqlx.DB) error) error {
 	r := s.replica
 	if r == nil || r.db == nil || ctx.Value(primaryReadKey{}) != nil || time.Now().UnixNano() < r.skipUntil.Load() {
-		return f(ctx, s.db)
+		return s.readPrimary(ctx, f)
 	}
 	rctx, cancel := context.WithTimeout(ctx, r.timeout)
-	err := f(rctx, r.db)
+	err := r.session.verify(rctx, r.db)
+	if err == nil {
+		err = f(rctx, r.db)
+	}
 	cancel()
 	switch {
 	case err == nil:
@@ -113,6 +117,14 @@ func (s *Store) read(ctx context.Context, f func(ctx context.Context, db *sqlx.D
 	default:
 		r.skipUntil.Store(time.Now().Add(replicaPause).UnixNano())
 		s.log.Warn("keystore: replica read failed; reading from the primary", "err", err, "skip", replicaPause)
+	}
+	return s.readPrimary(ctx, f)
+}
+
+// readPrimary runs f on the primary.
+func (s *Store) readPrimary(ctx context.Context, f func(ctx context.Context, db *sqlx.DB) error) error {
+	if err := s.session.verify(ctx, s.db); err != nil {
+		return err
 	}
 	return f(ctx, s.db)
 }

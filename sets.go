@@ -32,12 +32,14 @@ import (
 
 // liftAggregateLimit lets MariaDB's JSON_ARRAYAGG build arrays longer than
 // group_concat_max_len (1 MiB by default), which it otherwise cuts short,
-// mid-slug, and a cut slug could name a broader permission. It is one
+// mid-slug, and a cut slug could name a broader permission. 1 GiB is
+// MariaDB's maximum (a strict sql_mode refuses more; MySQL allows more),
+// and far above the longest set a key can have. It is one
 // statement, run only by the transactions that aggregate permissions in
 // SQL (role changes, and key changes that involve roles). It sets the
 // session variable, so it stays raised on that pooled connection.
 func liftAggregateLimit(ctx context.Context, tx *sqlx.Tx) error {
-	if _, err := tx.ExecContext(ctx, `SET SESSION group_concat_max_len = 4294967295`); err != nil {
+	if _, err := tx.ExecContext(ctx, `SET SESSION group_concat_max_len = 1073741824`); err != nil {
 		return fmt.Errorf("keystore: raise group_concat_max_len: %w", err)
 	}
 	return nil

@@ -149,6 +149,9 @@ func (r *VerifyKeyRequest) validate() error {
 // Galera conflict with a spend on another node) is tried again after the
 // Store's backoff. Either way the Store's MaxAttempts bounds the UPDATEs.
 func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.Time) (Verification, error) {
+	if err := s.session.verify(ctx, s.db); err != nil {
+		return Verification{}, err
+	}
 	cfg := &s.retryConfig
 	var lastErr error
 	for attempt := 1; ; attempt++ {
