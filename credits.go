@@ -11,7 +11,7 @@ type creditState struct {
 	refilledAt time.Time
 }
 
-func (r verifyRow) state() creditState {
+func (r keyRow) state() creditState {
 	return creditState{remaining: r.Remaining.Int64, interval: RefillInterval(r.RefillInterval.String),
 		amount: r.RefillAmount.Int64, day: int(r.RefillDay.Int64), refilledAt: r.RefilledAt.Time}
 }

@@ -324,7 +324,7 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 		if err := s.writeAudit(ctx, tx, now, req.WorkspaceID, events...); err != nil {
 			return Key{}, err
 		}
-		return getKey(ctx, tx, req.WorkspaceID, req.KeyID)
+		return getKey(ctx, tx, req.WorkspaceID, req.KeyID, now)
 	})
 	if err == nil && owner != "" {
 		s.hints.add(req.WorkspaceID, ext, owner)

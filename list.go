@@ -43,9 +43,9 @@ func (s *Store) ListKeys(ctx context.Context, req ListKeysRequest) (Page[Key], e
 	if err != nil {
 		return Page[Key]{}, fmt.Errorf("keystore: list keys: %w", err)
 	}
-	keys := make([]Key, len(rows))
+	keys, now := make([]Key, len(rows)), s.clock()
 	for i, r := range rows {
-		keys[i] = r.key()
+		keys[i] = r.key(now)
 	}
 	return makePage(keys, limit, func(k Key) string { return k.ID }), nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/jmoiron/sqlx"
 )
@@ -23,7 +24,7 @@ func (s *Store) GetKey(ctx context.Context, workspaceID, keyID string) (Key, err
 	}
 	var k Key
 	err := s.read(ctx, func(ctx context.Context, db *sqlx.DB) (err error) {
-		k, err = getKey(ctx, db, workspaceID, keyID)
+		k, err = getKey(ctx, db, workspaceID, keyID, s.clock())
 		return err
 	})
 	return k, err
@@ -112,6 +113,7 @@ type keyRow struct {
 	RefillInterval sql.NullString              `db:"refill_interval"`
 	RefillAmount   sql.NullInt64               `db:"refill_amount"`
 	RefillDay      sql.NullInt64               `db:"refill_day"`
+	RefilledAt     dbTime                      `db:"refilled_at"`
 	CreatedAt      dbTime                      `db:"created_at"`
 	UpdatedAt      dbTime                      `db:"updated_at"`
 	Permissions    jsonColumn[[]string]        `db:"permissions"`
@@ -126,12 +128,14 @@ type keyRow struct {
 const selectKeyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name,
 	IF(k.owner_external_id IS NULL, NULL, k.identity_id) AS identity_id, k.owner_external_id AS external_id,
 	k.meta, k.expires, k.enabled, k.remaining, k.refill_interval,
-	k.refill_amount, k.refill_day, k.created_at, k.updated_at, k.permissions, k.roles, k.ratelimits
+	k.refill_amount, k.refill_day, k.refilled_at, k.created_at, k.updated_at, k.permissions, k.roles, k.ratelimits
 FROM keystore_keys k `
 
 const selectKey = selectKeyFrom + `WHERE k.id = ? AND k.workspace_id = ? AND k.deleted_at IS NULL`
 
-func getKey(ctx context.Context, q sqlx.QueryerContext, workspaceID, keyID string) (Key, error) {
+// getKey reads a live key, its credits as they stand at now (see
+// [keyRow.key]).
+func getKey(ctx context.Context, q sqlx.QueryerContext, workspaceID, keyID string, now time.Time) (Key, error) {
 	var row keyRow
 	err := sqlx.GetContext(ctx, q, &row, selectKey, keyID, workspaceID)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -140,10 +144,13 @@ func getKey(ctx context.Context, q sqlx.QueryerContext, workspaceID, keyID strin
 	if err != nil {
 		return Key{}, fmt.Errorf("keystore: get key: %w", err)
 	}
-	return row.key(), nil
+	return row.key(now), nil
 }
 
-func (r keyRow) key() Key {
+// key returns the key the row holds. Its Credits.Remaining is the balance
+// at now, with a refill that is due counted, as VerifyKey counts it: a due
+// refill is written only by the next spend.
+func (r keyRow) key(now time.Time) Key {
 	// Sets are sorted (and permissions deduplicated) here rather than in
 	// SQL: MySQL's JSON_ARRAYAGG has neither ORDER BY nor DISTINCT.
 	k := Key{
@@ -160,7 +167,7 @@ func (r keyRow) key() Key {
 	}
 	slices.Sort(k.Roles)
 	if r.Remaining.Valid {
-		k.Credits = &Credits{Remaining: r.Remaining.Int64}
+		k.Credits = &Credits{Remaining: r.state().balance(now)}
 		if r.RefillInterval.Valid {
 			k.Credits.Refill = &Refill{Interval: RefillInterval(r.RefillInterval.String),
 				Amount: r.RefillAmount.Int64, Day: int(r.RefillDay.Int64)}

@@ -13,6 +13,14 @@ import (
 // VerifyKeyRequest asks whether a plaintext key is valid in a key space, and
 // spends its credits.
 type VerifyKeyRequest struct {
+	// WorkspaceID, when set, confines the verification to that workspace:
+	// a key of another workspace is CodeNotFound, whatever its key space.
+	// Leave it empty only where key-space ids are unique across
+	// workspaces.
+	WorkspaceID string
+	// KeySpaceID is the key space the key must belong to. It is matched
+	// by id alone: without WorkspaceID, a key of any workspace whose key
+	// space has this id verifies.
 	KeySpaceID string
 	Key        string // the plaintext, as returned by CreateKey
 	// Cost is the number of credits a valid verification spends; 0 means 1.
@@ -59,7 +67,7 @@ type Verification struct {
 const maxKeyBytes = 512
 
 // VerifyKey looks the key up by its SHA-256 hash (a unique index) and, if it
-// is enabled, unexpired and of req.KeySpaceID, spends req.Cost credits with
+// is enabled, unexpired and of req.KeySpaceID (and req.WorkspaceID, if set), spends req.Cost credits with
 // one conditional UPDATE. It costs one statement for a key without credits
 // and two with credits; it never holds a transaction open. With a replica
 // (see [WithReplica]) the lookup reads the replica, falling back to the
@@ -73,10 +81,10 @@ const maxKeyBytes = 512
 // day, by the Store's clock) is applied by the same UPDATE, so it happens at
 // most once per period.
 //
-// An invalid key is an answer, not an error: unknown, deleted and
-// other-key-space keys give CodeNotFound with a nil error. Errors:
-// ErrInvalidInput for a malformed request (empty or oversized key, negative
-// cost); ErrRetriesExhausted when the spend kept failing with retryable
+// An invalid key is an answer, not an error: unknown, deleted,
+// other-key-space and other-workspace keys give CodeNotFound with a nil
+// error. Errors: ErrInvalidInput for a malformed request (empty or
+// oversized key, negative cost); ErrRetriesExhausted when the spend kept failing with retryable
 // errors or kept meeting changed credits; otherwise a database error.
 func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verification, error) {
 	if err := req.validate(); err != nil {
@@ -106,7 +114,7 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 	if err != nil {
 		return Verification{}, fmt.Errorf("keystore: verify key: %w", err)
 	}
-	if row.DeletedAt.Valid || row.KeySpaceID != req.KeySpaceID {
+	if row.DeletedAt.Valid || row.KeySpaceID != req.KeySpaceID || req.WorkspaceID != "" && row.WorkspaceID != req.WorkspaceID {
 		return Verification{Code: CodeNotFound}, nil
 	}
 	v := row.verification(now)
@@ -124,6 +132,11 @@ func (r verifyRow) passes(req VerifyKeyRequest, cost int64, now time.Time) bool 
 }
 
 func (r *VerifyKeyRequest) validate() error {
+	if r.WorkspaceID != "" {
+		if err := validateID("WorkspaceID", r.WorkspaceID, limitIDChars); err != nil {
+			return err
+		}
+	}
 	if err := validateID("KeySpaceID", r.KeySpaceID, limitIDChars); err != nil {
 		return err
 	}
@@ -216,7 +229,6 @@ func (s *Store) trySpend(ctx context.Context, keyID string, periodStart time.Tim
 // what only verification needs.
 type verifyRow struct {
 	keyRow
-	RefilledAt         dbTime
 	DeletedAt          dbTime
 	IdentityMeta       jsonColumn[map[string]any]
 	IdentityRatelimits jsonColumn[[]ratelimitJSON]
@@ -242,21 +254,20 @@ const (
 func (r *verifyRow) scan(row interface{ Scan(...any) error }) error {
 	k := &r.keyRow
 	return row.Scan(&k.ID, &k.WorkspaceID, &k.KeySpaceID, &k.IdentityID, &k.ExternalID, &k.Meta, &k.Expires,
-		&k.Enabled, &k.Remaining, &k.RefillInterval, &k.RefillAmount, &k.RefillDay, &r.RefilledAt, &r.DeletedAt,
+		&k.Enabled, &k.Remaining, &k.RefillInterval, &k.RefillAmount, &k.RefillDay, &k.RefilledAt, &r.DeletedAt,
 		&k.Permissions, &k.Roles, &k.Ratelimits, &r.IdentityMeta, &r.IdentityRatelimits)
 }
 
 // verification judges a live key at now, before any spending: disabled,
 // then expired. Remaining is the balance with a due refill counted.
 func (r verifyRow) verification(now time.Time) Verification {
-	k := r.key()
+	k := r.key(now)
 	v := Verification{Valid: true, Code: CodeValid, KeyID: k.ID, WorkspaceID: k.WorkspaceID,
 		IdentityID: k.IdentityID, ExternalID: k.ExternalID, Expires: k.Expires,
 		Permissions: k.Permissions, Roles: k.Roles, Ratelimits: k.Ratelimits,
 		IdentityRatelimits: ratelimitsFromJSON(r.IdentityRatelimits.V), Meta: k.Meta, IdentityMeta: r.IdentityMeta.V}
-	if r.Remaining.Valid {
-		left := r.state().balance(now)
-		v.Remaining = &left
+	if k.Credits != nil {
+		v.Remaining = &k.Credits.Remaining
 	}
 	switch {
 	case !k.Enabled:

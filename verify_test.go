@@ -3,6 +3,7 @@ package keystore_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -230,6 +231,92 @@ func TestVerifyKeyRefills(t *testing.T) {
 	}))
 	if valid.Load() != 10 || count(t, db, `SELECT remaining FROM keystore_keys WHERE id = ?`, daily.KeyID) != 0 {
 		t.Fatalf("%d valid after a refill of 10 at the boundary, want 10 (refilled once)", valid.Load())
+	}
+}
+
+// GetKey, ListKeys and UpdateKey show the balance VerifyKey would use: a
+// refill that is due counts before the next spend writes it.
+func TestReadsShowDueRefill(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2027, 5, 10, 12, 0, 0, 0, time.UTC)}
+	s, db := newStore(t, keystore.WithClock(clock.Now))
+	ctx := context.Background()
+	c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+		Credits: &keystore.Credits{Remaining: 2, Refill: &keystore.Refill{Interval: keystore.RefillDaily, Amount: 10}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := remaining(verify(t, s, c.Key, 1)); got != "1" {
+		t.Fatalf("after a spend: %s", got)
+	}
+	balances := func() []int64 {
+		t.Helper()
+		k, err := s.GetKey(ctx, "ws", c.KeyID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, err := s.ListKeys(ctx, keystore.ListKeysRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+		if err != nil || len(page.Items) != 1 {
+			t.Fatalf("ListKeys: %v, %v", page.Items, err)
+		}
+		updated, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: c.KeyID, Name: keystore.Set("n")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: c.Key, NoSpend: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []int64{k.Credits.Remaining, page.Items[0].Credits.Remaining, updated.Credits.Remaining, *v.Remaining}
+	}
+	if got := balances(); !slices.Equal(got, []int64{1, 1, 1, 1}) {
+		t.Fatalf("same day: GetKey, ListKeys, UpdateKey, VerifyKey show %v, want 1", got)
+	}
+	clock.Set(time.Date(2027, 5, 11, 0, 0, 1, 0, time.UTC))
+	if got := balances(); !slices.Equal(got, []int64{10, 10, 10, 10}) {
+		t.Fatalf("refill due: GetKey, ListKeys, UpdateKey, VerifyKey show %v, want 10", got)
+	}
+	if n := count(t, db, `SELECT remaining FROM keystore_keys WHERE id = ?`, c.KeyID); n != 1 {
+		t.Fatalf("stored remaining %d: a read must not write the refill", n)
+	}
+	if got := remaining(verify(t, s, c.Key, 3)); got != "7" {
+		t.Fatalf("spend after the refill: %s, want 7", got)
+	}
+}
+
+// With WorkspaceID set, a key verifies only in its own workspace, even when
+// another workspace has a key space of the same id; without it, key-space
+// ids match across workspaces, as documented.
+func TestVerifyKeyWorkspaceScope(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	a, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws-a", KeySpaceID: "default",
+		Credits: &keystore.Credits{Remaining: 5}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(workspace string, want keystore.VerificationCode) {
+		t.Helper()
+		v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{WorkspaceID: workspace, KeySpaceID: "default", Key: a.Key})
+		if err != nil || v.Code != want {
+			t.Fatalf("workspace %q: %v, %v; want %s", workspace, v.Code, err, want)
+		}
+		if want == keystore.CodeNotFound && (v.KeyID != "" || v.WorkspaceID != "" || v.Remaining != nil) {
+			t.Fatalf("workspace %q: NOT_FOUND tells about the key: %+v", workspace, v)
+		}
+	}
+	check("ws-b", keystore.CodeNotFound)
+	if n := count(t, db, `SELECT remaining FROM keystore_keys WHERE id = ?`, a.KeyID); n != 5 {
+		t.Fatalf("a verification in another workspace spent credits: %d left", n)
+	}
+	check("ws-a", keystore.CodeValid)
+	check("", keystore.CodeValid)
+	if n := count(t, db, `SELECT remaining FROM keystore_keys WHERE id = ?`, a.KeyID); n != 3 {
+		t.Fatalf("%d credits left after two valid verifications of 5", n)
+	}
+	_, err = s.VerifyKey(ctx, keystore.VerifyKeyRequest{WorkspaceID: "ws-a ", KeySpaceID: "default", Key: a.Key})
+	var ve *keystore.ValidationError
+	if !errors.As(err, &ve) || ve.Field != "WorkspaceID" {
+		t.Fatalf("WorkspaceID with a trailing space: %v", err)
 	}
 }
 
