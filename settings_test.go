@@ -32,65 +32,120 @@ func withParams(t testing.TB, dsn string, params map[string]string) string {
 	return cfg.FormatDSN()
 }
 
-// Every operation works under the strict sql_modes production servers run
-// with. Under them MariaDB refuses, rather than clamps, a session variable
-// set past its maximum, and role changes used to fail that way.
-func TestStrictSQLMode(t *testing.T) {
-	for _, mode := range []string{"TRADITIONAL", "STRICT_ALL_TABLES", "STRICT_ALL_TABLES,ONLY_FULL_GROUP_BY,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO"} {
-		t.Run(mode, func(t *testing.T) {
-			dsn := withParams(t, keystoretest.DSN(t), map[string]string{"sql_mode": "'" + mode + "'"})
-			s, db := storeOn(t, dsn, 0)
-			var got string
-			if err := db.Get(&got, `SELECT @@SESSION.sql_mode`); err != nil || !strings.Contains(got, "STRICT_ALL_TABLES") {
-				t.Fatalf("sql_mode %q, %v", got, err)
-			}
-			ctx := context.Background()
-			role, err := s.CreateRole(ctx, "ws", "admin", []string{"keys.read", "keys.write"})
-			if err != nil || !slices.Equal(role.Permissions, []string{"keys.read", "keys.write"}) {
-				t.Fatalf("CreateRole: %+v, %v", role, err)
-			}
-			created, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "owner",
-				Name: "k", Meta: map[string]any{"a": 1.5}, Credits: &keystore.Credits{Remaining: 3},
-				Ratelimits:  []keystore.Ratelimit{{Name: "rps", Limit: 5, Duration: time.Second}},
-				Permissions: []string{"billing.read"}, Roles: []string{"admin"}})
-			if err != nil {
-				t.Fatalf("CreateKey: %v", err)
-			}
-			for _, roles := range []keystore.Field[[]string]{keystore.Null[[]string](), keystore.Set([]string{"admin"})} {
-				if _, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: created.KeyID, Roles: roles}); err != nil {
-					t.Fatalf("UpdateKey Roles: %v", err)
+// Every operation works under the session settings real deployments use,
+// each set through the DSN as a service would. Under a strict sql_mode,
+// MariaDB refuses (rather than clamps) a session variable set past its
+// maximum, and role changes used to fail that way.
+func TestServerSettings(t *testing.T) {
+	// MariaDB before 11.1 names the isolation tx_isolation, MySQL 8 and
+	// later only transaction_isolation; ORACLE mode is MariaDB's alone.
+	mariadb := isMariaDB(t, keystoretest.DB(t))
+	isolation := "transaction_isolation"
+	if mariadb {
+		isolation = "tx_isolation"
+	}
+	type session = map[string]string
+	cases := []struct {
+		name   string
+		params session
+	}{
+		{"sql_mode TRADITIONAL", session{"sql_mode": "'TRADITIONAL'"}},
+		{"sql_mode STRICT_ALL_TABLES", session{"sql_mode": "'STRICT_ALL_TABLES,ONLY_FULL_GROUP_BY,NO_ZERO_DATE,NO_ZERO_IN_DATE,ERROR_FOR_DIVISION_BY_ZERO'"}},
+		{"sql_mode ANSI_QUOTES,NO_BACKSLASH_ESCAPES", session{"sql_mode": "'ANSI_QUOTES,NO_BACKSLASH_ESCAPES,PIPES_AS_CONCAT'"}},
+		{"time_zone +05:30", session{"time_zone": "'+05:30'"}},
+		{"SERIALIZABLE", session{isolation: "'SERIALIZABLE'"}},
+		{"READ-COMMITTED", session{isolation: "'READ-COMMITTED'"}},
+		{"READ-UNCOMMITTED", session{isolation: "'READ-UNCOMMITTED'"}},
+		{"parseTime off, clientFoundRows, prepared statements", session{"parseTime": "false",
+			"clientFoundRows": "true", "interpolateParams": "false"}},
+	}
+	if mariadb {
+		cases = append(cases, struct {
+			name   string
+			params session
+		}{"sql_mode ORACLE", session{"sql_mode": "'ORACLE'"}})
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s, db := storeOn(t, withParams(t, keystoretest.DSN(t), c.params), 0)
+			for name, value := range c.params {
+				if name == "parseTime" || name == "clientFoundRows" || name == "interpolateParams" {
+					continue // the driver's settings, not the session's
+				}
+				var got string
+				if err := db.Get(&got, `SELECT @@SESSION.`+name); err != nil {
+					t.Fatal(err)
+				}
+				for _, word := range strings.Split(strings.Trim(value, "'"), ",") {
+					if !slices.Contains(strings.Split(got, ","), word) {
+						t.Fatalf("session %s is %q, want %s", name, got, value)
+					}
 				}
 			}
-			if _, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: created.KeyID,
-				Permissions: keystore.Set([]string{"x.y"}), ExternalID: keystore.Set("other"), Enabled: keystore.Set(true)}); err != nil {
-				t.Fatalf("UpdateKey: %v", err)
-			}
-			if _, err := s.UpdateIdentity(ctx, keystore.UpdateIdentityRequest{WorkspaceID: "ws", ExternalID: "other",
-				Meta: keystore.Set(map[string]any{"plan": "pro"})}); err != nil {
-				t.Fatalf("UpdateIdentity: %v", err)
-			}
-			v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: created.Key})
-			if err != nil || !v.Valid || *v.Remaining != 2 || !slices.Equal(v.Permissions, []string{"keys.read", "keys.write", "x.y"}) {
-				t.Fatalf("VerifyKey: %+v, %v", v, err)
-			}
-			if err := s.DeleteRole(ctx, "ws", "admin"); err != nil {
-				t.Fatalf("DeleteRole: %v", err)
-			}
-			if k, err := s.GetKey(ctx, "ws", created.KeyID); err != nil || !slices.Equal(k.Permissions, []string{"x.y"}) {
-				t.Fatalf("GetKey after DeleteRole: %v, %v", k.Permissions, err)
-			}
-			if err := s.DeleteIdentity(ctx, "ws", "other"); err != nil {
-				t.Fatalf("DeleteIdentity: %v", err)
-			}
-			if err := s.DeleteKey(ctx, "ws", created.KeyID); err != nil {
-				t.Fatalf("DeleteKey: %v", err)
-			}
-			if page, err := s.ListAuditEvents(ctx, keystore.ListAuditEventsRequest{WorkspaceID: "ws"}); err != nil || len(page.Items) < 8 {
-				t.Fatalf("ListAuditEvents: %d events, %v", len(page.Items), err)
-			}
-			checkCachedSets(t, db)
+			exerciseEveryOperation(t, s, db)
 		})
 	}
+}
+
+// exerciseEveryOperation runs each kind of call once and checks what it
+// answered.
+func exerciseEveryOperation(t *testing.T, s *keystore.Store, db *sqlx.DB) {
+	t.Helper()
+	ctx := context.Background()
+	role, err := s.CreateRole(ctx, "ws", "admin", []string{"keys.read", "keys.write"})
+	if err != nil || !slices.Equal(role.Permissions, []string{"keys.read", "keys.write"}) {
+		t.Fatalf("CreateRole: %+v, %v", role, err)
+	}
+	expires := time.Now().Add(time.Hour).UTC().Truncate(time.Microsecond)
+	created, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "owner",
+		Name: "k'\\\"", Meta: map[string]any{"a": 1.5, "q": "'\\\""}, Credits: &keystore.Credits{Remaining: 3},
+		Expires: &expires, Ratelimits: []keystore.Ratelimit{{Name: "rps", Limit: 5, Duration: time.Second}},
+		Permissions: []string{"billing.read"}, Roles: []string{"admin"}})
+	if err != nil {
+		t.Fatalf("CreateKey: %v", err)
+	}
+	if _, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "owner"}); err != nil {
+		t.Fatalf("CreateKey, seen owner: %v", err)
+	}
+	for _, roles := range []keystore.Field[[]string]{keystore.Null[[]string](), keystore.Set([]string{"admin"})} {
+		if _, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: created.KeyID, Roles: roles}); err != nil {
+			t.Fatalf("UpdateKey Roles: %v", err)
+		}
+	}
+	k, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: created.KeyID,
+		Permissions: keystore.Set([]string{"x.y"}), ExternalID: keystore.Set("other"), Enabled: keystore.Set(true)})
+	if err != nil || k.Name != "k'\\\"" || k.Meta["q"] != "'\\\"" || !k.Expires.Equal(expires) || k.ExternalID != "other" {
+		t.Fatalf("UpdateKey: %+v, %v", k, err)
+	}
+	if _, err := s.UpdateIdentity(ctx, keystore.UpdateIdentityRequest{WorkspaceID: "ws", ExternalID: "other",
+		Meta: keystore.Set(map[string]any{"plan": "pro"})}); err != nil {
+		t.Fatalf("UpdateIdentity: %v", err)
+	}
+	v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Key: created.Key})
+	if err != nil || !v.Valid || *v.Remaining != 2 || !slices.Equal(v.Permissions, []string{"keys.read", "keys.write", "x.y"}) ||
+		v.IdentityMeta["plan"] != "pro" || !v.Expires.Equal(expires) {
+		t.Fatalf("VerifyKey: %+v, %v", v, err)
+	}
+	if err := s.DeleteRole(ctx, "ws", "admin"); err != nil {
+		t.Fatalf("DeleteRole: %v", err)
+	}
+	if k, err := s.GetKey(ctx, "ws", created.KeyID); err != nil || !slices.Equal(k.Permissions, []string{"x.y"}) {
+		t.Fatalf("GetKey after DeleteRole: %v, %v", k.Permissions, err)
+	}
+	if err := s.DeleteIdentity(ctx, "ws", "other"); err != nil {
+		t.Fatalf("DeleteIdentity: %v", err)
+	}
+	if err := s.DeleteKey(ctx, "ws", created.KeyID); err != nil {
+		t.Fatalf("DeleteKey: %v", err)
+	}
+	if page, err := s.ListKeys(ctx, keystore.ListKeysRequest{WorkspaceID: "ws", KeySpaceID: "ks"}); err != nil || len(page.Items) != 1 {
+		t.Fatalf("ListKeys: %d keys, %v", len(page.Items), err)
+	}
+	if page, err := s.ListAuditEvents(ctx, keystore.ListAuditEventsRequest{WorkspaceID: "ws"}); err != nil || len(page.Items) < 8 {
+		t.Fatalf("ListAuditEvents: %d events, %v", len(page.Items), err)
+	}
+	checkCachedSets(t, db)
+	checkOwnerCopies(t, db)
 }
 
 // With autocommit off, a Store refuses to work rather than lose writes: a
