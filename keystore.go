@@ -67,7 +67,10 @@ func WithoutAudit() Option {
 }
 
 // New returns a Store on db, the primary (read-write) server. It does no I/O;
-// call [Store.Migrate] once to create the schema. Make one Store per pool
+// call [Store.Migrate] once to create the schema. The Store's first call on
+// each pool checks that its sessions autocommit, and every call fails with
+// an error matching ErrUnsupportedSetting, writing nothing, while they do
+// not. Make one Store per pool
 // and keep it for the pool's life: it remembers owners it has seen and
 // keeps VerifyKey's lookup prepared on the pool (and on the replica's) until
 // [Store.Close].

@@ -47,6 +47,10 @@ type CreateKeyRequest struct {
 	ByteLength  int    // random bytes in the key: 0 means 16, otherwise 16..255
 	ExternalID  string // owner; its identity is found or created atomically
 	Name        string
+	// Meta is stored as JSON and read back as encoding/json decodes it
+	// into a map[string]any (numbers as float64). It must read back
+	// exactly: at most 100 entries, 64 KiB encoded and 100 levels deep,
+	// with valid UTF-8 keys and strings and numbers a float64 holds.
 	Meta        map[string]any
 	Expires     *time.Time
 	Credits     *Credits
