@@ -29,7 +29,7 @@ demo: ensure-mariadb
 
 # Five runs of every benchmark on a durable server, 2,000 calls per shape
 # (20,000 for VerifyKey, which is faster), the shapes' order rotated from
-# run to run (see README, "Performance"); raw output in bench.txt (for
+# run to run (see docs/benchmarks.md); raw output in bench.txt (for
 # benchstat -col /shape), the table of medians and ratios in BENCHMARKS.md.
 # About 25 minutes.
 bench: ensure-mariadb

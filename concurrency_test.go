@@ -280,7 +280,7 @@ func TestStoreCallersDoNotWaitForAFoundOwner(t *testing.T) {
 // TestDuplicateOwnerInsertHoldsUpNoNewOwner: a CreateKey whose INSERT of
 // its owner found it there (a race's loser, or a Store that had not seen
 // the owner) and which is still running does not stop other owners from
-// being created. On MySQL at REPEATABLE READ it does (README,
+// being created. On MySQL at REPEATABLE READ it does (docs/operations.md,
 // Compatibility): that combination is skipped, and scripts/test-mysql.sh
 // runs the package at READ COMMITTED as well.
 func TestDuplicateOwnerInsertHoldsUpNoNewOwner(t *testing.T) {
@@ -291,7 +291,7 @@ func TestDuplicateOwnerInsertHoldsUpNoNewOwner(t *testing.T) {
 			t.Fatal(err)
 		}
 		if level == "REPEATABLE-READ" {
-			t.Skip("MySQL at REPEATABLE READ: the known limitation; see README, Compatibility")
+			t.Skip("MySQL at REPEATABLE READ: the known limitation; see docs/operations.md, Compatibility")
 		}
 	}
 	ctx := context.Background()

@@ -43,7 +43,7 @@ func newGaleraEnv(t *testing.T, opts ...keystore.Option) galeraEnv {
 		}
 	})
 	for i, node := range c.Nodes {
-		// The lock-wait timeout the README recommends on Galera: twice
+		// The lock-wait timeout docs/operations.md recommends on Galera: twice
 		// in about thirty runs an INSERT waited the default 50 s on a lock
 		// that a stalled transaction held, once right after a node died.
 		db := open(t, node.DSN(name)+"&innodb_lock_wait_timeout=5")
@@ -165,7 +165,7 @@ func TestGaleraHotBurst(t *testing.T) {
 }
 
 // Credits of one key spent from all three nodes at once. With the setting
-// the README gives cluster users (MaxAttempts(galeraAttempts)), every caller
+// docs/operations.md gives cluster users (MaxAttempts(galeraAttempts)), every caller
 // gets an answer, exactly as many are valid as there were credits, and
 // every node ends with none left. With the defaults, calls may run out of
 // attempts: how many is logged, and each such error is classified and
@@ -305,7 +305,7 @@ func TestGaleraNodeNotReadyCommits(t *testing.T) {
 }
 
 // galeraAttempts is what a cluster user sets for keys spent from several
-// nodes (see README, "Galera"): TestGaleraSpendOneKeyFromEveryNode logs how
+// nodes (see docs/operations.md, "Galera"): TestGaleraSpendOneKeyFromEveryNode logs how
 // many attempts calls needed.
 const galeraAttempts = 30
 
