@@ -5,19 +5,26 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"os"
 	"time"
 
 	_ "github.com/go-sql-driver/mysql" // the "mysql" driver
 	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/keystoretest"
 	"github.com/jmoiron/sqlx"
 )
 
-// The examples below need a server, so they are compiled but not run. Their
-// DSN looks like "user:password@tcp(127.0.0.1:3306)/app?interpolateParams=true".
+// The examples run against the test server, each on a database of its
+// own from keystoretest.Database. A service opens its own DSN instead,
+// such as "app:secret@tcp(db:3306)/app?parseTime=true&interpolateParams=true".
 
-func ExampleStore_CreateKey() {
-	db, err := sqlx.Open("mysql", os.Getenv("KEYSTORE_DSN"))
+// exampleStore opens a migrated Store on a fresh database and returns it
+// with a function that closes and drops everything.
+func exampleStore() (*keystore.Store, *sqlx.DB, func()) {
+	dsn, drop, err := keystoretest.Database()
+	if err != nil {
+		log.Fatal(err)
+	}
+	db, err := sqlx.Open("mysql", dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -25,8 +32,18 @@ func ExampleStore_CreateKey() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	if err := store.Migrate(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+	return store, db, func() { store.Close(); db.Close(); drop() }
+}
 
-	created, err := store.CreateKey(context.Background(), keystore.CreateKeyRequest{
+func ExampleStore_CreateKey() {
+	store, _, done := exampleStore() // keystore.New and Migrate, on a fresh test database
+	defer done()
+	ctx := context.Background()
+
+	created, err := store.CreateKey(ctx, keystore.CreateKeyRequest{
 		WorkspaceID: "ws_acme",
 		KeySpaceID:  "ks_production",
 		Prefix:      "acme",
@@ -34,66 +51,111 @@ func ExampleStore_CreateKey() {
 		Permissions: []string{"documents.read"},
 		Ratelimits:  []keystore.Ratelimit{{Name: "requests", Limit: 100, Duration: time.Minute}},
 	})
-	var invalid *keystore.ValidationError
-	switch {
-	case errors.As(err, &invalid): // also errors.Is(err, keystore.ErrInvalidInput)
-		fmt.Printf("400: %s %s\n", invalid.Field, invalid.Reason)
-	case err != nil:
-		log.Fatal(err)
-	default:
-		fmt.Println("show once, never stored:", created.Key)
-	}
-}
-
-func ExampleStore_UpdateKey() {
-	db, err := sqlx.Open("mysql", os.Getenv("KEYSTORE_DSN"))
 	if err != nil {
 		log.Fatal(err)
 	}
-	store, err := keystore.New(db)
+	fmt.Println("plaintext, shown once and never stored:", created.Key[:len("acme_")]+"...")
+
+	// Invalid input names the field, and nothing is written.
+	_, err = store.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws_acme", KeySpaceID: "ks_production",
+		Prefix: "acme-live"})
+	var invalid *keystore.ValidationError
+	if errors.As(err, &invalid) { // also errors.Is(err, keystore.ErrInvalidInput)
+		fmt.Printf("400: %s %s\n", invalid.Field, invalid.Reason)
+	}
+	// Output:
+	// plaintext, shown once and never stored: acme_...
+	// 400: Prefix must match [A-Za-z0-9_]
+}
+
+func ExampleStore_UpdateKey() {
+	store, _, done := exampleStore() // keystore.New and Migrate, on a fresh test database
+	defer done()
+	ctx := context.Background()
+	expires := time.Now().Add(24 * time.Hour)
+	created, err := store.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws_acme", KeySpaceID: "ks_production",
+		ExternalID: "customer-42", Expires: &expires})
 	if err != nil {
 		log.Fatal(err)
 	}
 
 	// Only the fields that are Set or Null change.
-	key, err := store.UpdateKey(context.Background(), keystore.UpdateKeyRequest{
+	key, err := store.UpdateKey(ctx, keystore.UpdateKeyRequest{
 		WorkspaceID: "ws_acme",
-		KeyID:       "key_0123456789abcdef",
+		KeyID:       created.KeyID,
 		Name:        keystore.Set("CI pipeline"),
-		ExternalID:  keystore.Set("customer-43"), // move to another owner
+		ExternalID:  keystore.Set("customer-43"), // move to another owner, found or created
 		Expires:     keystore.Null[time.Time](),  // never expires
-		Permissions: keystore.Set([]string{"documents.read", "documents.write"}),
+		Permissions: keystore.Set([]string{"documents.write", "documents.read"}),
 	})
-	switch {
-	case errors.Is(err, keystore.ErrNotFound):
-		fmt.Println("404: no such key")
-	case errors.Is(err, keystore.ErrInvalidInput):
-		fmt.Println("400:", err)
-	case err != nil:
+	if err != nil {
 		log.Fatal(err)
-	default:
-		fmt.Println(key.Name, key.ExternalID, key.Permissions)
 	}
+	fmt.Println(key.Name, key.ExternalID, key.Expires == nil, key.Permissions)
+
+	_, err = store.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws_other", KeyID: created.KeyID,
+		Name: keystore.Set("x")})
+	fmt.Println(errors.Is(err, keystore.ErrNotFound)) // another workspace's key
+	// Output:
+	// CI pipeline customer-43 true [documents.read documents.write]
+	// true
+}
+
+func ExampleStore_VerifyKey() {
+	store, _, done := exampleStore() // keystore.New and Migrate, on a fresh test database
+	defer done()
+	ctx := context.Background()
+	created, err := store.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws_acme", KeySpaceID: "ks_production",
+		Credits: &keystore.Credits{Remaining: 2}})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	for range 3 {
+		v, err := store.VerifyKey(ctx, keystore.VerifyKeyRequest{
+			WorkspaceID: "ws_acme", KeySpaceID: "ks_production", Key: created.Key, // spends 1 credit
+		})
+		if err != nil {
+			log.Fatal(err) // the database failed: answer 503, never "valid"
+		}
+		fmt.Println(v.Valid, v.Code, *v.Remaining)
+	}
+	// An unknown key is an answer, not an error.
+	v, err := store.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks_production", Key: "acme_unknown"})
+	fmt.Println(v.Valid, v.Code, err)
+	// Output:
+	// true VALID 1
+	// true VALID 0
+	// false USAGE_EXCEEDED 0
+	// false NOT_FOUND <nil>
 }
 
 // WithRetryTx also serves the application's own transactions: here a
 // transfer between two rows of its own table, which deadlocks when two
 // transfers in opposite directions meet, and is then run again from BEGIN.
 func ExampleWithRetryTx() {
-	db, err := sqlx.Open("mysql", os.Getenv("KEYSTORE_DSN"))
-	if err != nil {
+	_, db, done := exampleStore() // a pool on a fresh test database
+	defer done()
+	ctx := context.Background()
+	if _, err := db.ExecContext(ctx, `CREATE TABLE accounts (id INT PRIMARY KEY, credits INT NOT NULL)`); err != nil {
 		log.Fatal(err)
 	}
-	move := func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
+	if _, err := db.ExecContext(ctx, `INSERT INTO accounts VALUES (1, 100), (2, 0)`); err != nil {
+		log.Fatal(err)
+	}
+
+	move := func(ctx context.Context, tx *sqlx.Tx) (int64, error) {
 		for _, step := range []struct{ account, delta int64 }{{1, -10}, {2, +10}} {
 			if _, err := tx.ExecContext(ctx, `UPDATE accounts SET credits = credits + ? WHERE id = ?`,
 				step.delta, step.account); err != nil {
-				return struct{}{}, fmt.Errorf("move credits: %w", err) // %w: keep it recognisably retryable
+				return 0, fmt.Errorf("move credits: %w", err) // %w: keep it recognisably retryable
 			}
 		}
-		return struct{}{}, nil // no side effects outside tx: fn may run several times
+		var left int64
+		err := tx.GetContext(ctx, &left, `SELECT credits FROM accounts WHERE id = 1`)
+		return left, err // no side effects outside tx: fn may run several times
 	}
-	_, err = keystore.WithRetryTx(context.Background(), db, move, keystore.MaxAttempts(5),
+	left, err := keystore.WithRetryTx(ctx, db, move, keystore.MaxAttempts(5),
 		keystore.OnRetry(func(attempt int, err error) { log.Printf("attempt %d: %v", attempt, err) }))
 	switch {
 	case errors.Is(err, keystore.ErrAmbiguousCommit):
@@ -103,6 +165,9 @@ func ExampleWithRetryTx() {
 	case err != nil:
 		log.Fatal(err)
 	}
+	fmt.Println("account 1 has", left)
+	// Output:
+	// account 1 has 90
 }
 
 // Field is tri-state: the zero value leaves the stored value alone, Set

@@ -52,9 +52,18 @@ var (
 	admin     *sql.DB         // connections to base, for CREATE and DROP DATABASE
 )
 
-// setup finds or starts the server, once per process.
+// setup finds or starts the server, once per process, failing tb if it
+// cannot.
 func setup(tb testing.TB) {
 	tb.Helper()
+	if err := start(); err != nil {
+		tb.Fatalf("keystoretest: no MariaDB server: %v", err)
+	}
+}
+
+// start finds or starts the server, once per process, and returns why it
+// could not.
+func start() error {
 	setupOnce.Do(func() {
 		dsn := os.Getenv(EnvDSN)
 		if dsn == "" {
@@ -84,9 +93,7 @@ func setup(tb testing.TB) {
 			admin = sql.OpenDB(conn)
 		}
 	})
-	if setupErr != nil {
-		tb.Fatalf("keystoretest: no MariaDB server: %v", setupErr)
-	}
+	return setupErr
 }
 
 // AdminDSN returns a DSN for the test server with no database selected, for
@@ -104,28 +111,44 @@ func AdminDSN(tb testing.TB) string {
 // tb and its subtests have finished.
 func DSN(tb testing.TB) string {
 	tb.Helper()
-	setup(tb)
-	var b [8]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		tb.Fatal(err)
-	}
-	name := "kstest_" + hex.EncodeToString(b[:])
-
-	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
-	defer cancel()
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE `"+name+"`"); err != nil {
+	dsn, drop, err := Database()
+	if err != nil {
 		tb.Fatalf("keystoretest: %v", err)
 	}
 	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
-		defer cancel()
-		if _, err := admin.ExecContext(ctx, "DROP DATABASE IF EXISTS `"+name+"`"); err != nil {
+		if err := drop(); err != nil {
 			tb.Errorf("keystoretest: %v", err)
 		}
 	})
+	return dsn
+}
+
+// Database is [DSN] for code that has no testing.TB, such as a TestMain or
+// a runnable example: it creates the database and returns its DSN and a
+// function that drops it, which the caller must call when done.
+func Database() (dsn string, drop func() error, err error) {
+	if err := start(); err != nil {
+		return "", nil, fmt.Errorf("no MariaDB server: %w", err)
+	}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", nil, err
+	}
+	name := "kstest_" + hex.EncodeToString(b[:])
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE `"+name+"`"); err != nil {
+		return "", nil, err
+	}
+	drop = func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+		defer cancel()
+		_, err := admin.ExecContext(ctx, "DROP DATABASE IF EXISTS `"+name+"`")
+		return err
+	}
 	cfg := base.Clone()
 	cfg.DBName = name
-	return cfg.FormatDSN()
+	return cfg.FormatDSN(), drop, nil
 }
 
 // DB opens a pool on a fresh database from [DSN] and pings it. The pool
