@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -464,4 +465,307 @@ func (s *Store) DeleteKey(ctx context.Context, workspaceID, keyID string) error 
 			audit{event: EventKeyDelete, keyID: keyID, identityID: row.IdentityID.String})
 	})
 	return err
+}
+
+// ownerCopy returns the values of a key's owner columns (identity_id,
+// owner_external_id, owner_meta, owner_ratelimits) for the identity r
+// (found by this package's write path, or created: no meta or ratelimits
+// yet), or for no owner when r is nil.
+func ownerCopy(r *identityRow) []any {
+	if r == nil {
+		return []any{nil, nil, nil, nil}
+	}
+	return []any{r.ID, r.ExternalID, r.rawMeta, r.rawRatelimits}
+}
+
+// insertOwnedKey inserts the key row (cols in keyColumns order, owner
+// columns left unset) owned by the live identity of externalID, creating
+// the identity when there is none, and returns the identity.
+//
+// It is ensureIdentity with the read folded into the key's INSERT ...
+// SELECT, which saves the statement of the read and copies the owner's
+// external id, meta and ratelimits onto the key as it reads them:
+//   - an identity the Store has linked a key to before (s.hints): the INSERT
+//     reads it by its id, one statement in all. If it is gone, the INSERT
+//     inserts nothing and the steps below follow.
+//   - otherwise the identity's INSERT goes first: a new identity costs one
+//     statement and the key's INSERT one more. If the identity exists
+//     (1062), the key's INSERT reads it and returns its id with RETURNING
+//     (MariaDB 10.5+). A server without RETURNING (MySQL, Vitess) answers
+//     with a syntax error, which rolls back only that statement; the Store
+//     then reads the identity first.
+//
+// The INSERT ... SELECT reads the identity row under a shared lock, so the
+// copies are those of the committed identity, and an UpdateIdentity or
+// DeleteIdentity that rewrites its keys' copies waits for this key.
+func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, cols []any) (identityRow, error) {
+	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
+	id, seen := s.hints.get(workspaceID, externalID)
+	if seen {
+		inserted, err := insertKeyOwnedByID(ctx, tx, cols, id)
+		if err != nil || inserted {
+			found.ID = id
+			return found, err
+		}
+		s.hints.forget(workspaceID, externalID)
+	}
+	// A plain read of the id first when the hint was stale or the server
+	// has no RETURNING:
+	//   - stale: the identity is more likely re-created than not, and this
+	//     read takes none of the locks that the INSERT below takes on the
+	//     index entries deleted identities left behind (those deadlocked
+	//     with DeleteIdentity's UPDATE of the same entries, measured in
+	//     TestConcurrentDeleteAndRecreateIdentity);
+	//   - no RETURNING: an existing owner then costs this read and the
+	//     key's INSERT, as the seed's find-then-insert does, instead of a
+	//     failed INSERT and a read; a new one costs the read more.
+	// If the identity is deleted after the read, the INSERT ... SELECT by
+	// id inserts nothing and the identity's INSERT follows.
+	if seen || s.noReturning.Load() {
+		err := tx.GetContext(ctx, &id, selectIdentityID, workspaceID, externalID)
+		if err == nil {
+			if inserted, err := insertKeyOwnedByID(ctx, tx, cols, id); err != nil || inserted {
+				found.ID = id
+				return found, err
+			}
+		} else if !errors.Is(err, sql.ErrNoRows) {
+			return found, fmt.Errorf("keystore: find identity: %w", err)
+		}
+	}
+	created, err := insertIdentity(ctx, tx, now, workspaceID, externalID)
+	if err == nil {
+		copy(cols[keyOwnerColumn:], ownerCopy(&created))
+		return created, insertKey(ctx, tx, cols)
+	}
+	if !IsDuplicateKey(err) {
+		return found, err
+	}
+	if !s.noReturning.Load() {
+		insert := keyInsertOwnedByExternalID(cols, workspaceID, externalID)
+		err := tx.QueryRowxContext(ctx, insert.query+` RETURNING identity_id`, insert.args...).Scan(&found.ID)
+		switch {
+		case err == nil:
+			return found, nil
+		case errors.Is(err, sql.ErrNoRows):
+			return found, fmt.Errorf("keystore: identity deleted after a duplicate: %w", errConcurrentChange)
+		case !isParseError(err):
+			return found, fmt.Errorf("keystore: insert key: %w", err)
+		}
+		s.noReturning.Store(true)
+	}
+	if found, err = readIdentityAfterDuplicate(ctx, tx, workspaceID, externalID); err != nil {
+		return found, err
+	}
+	copy(cols[keyOwnerColumn:], ownerCopy(&found))
+	return found, insertKey(ctx, tx, cols)
+}
+
+// insertKeyOwnedByID inserts the key row owned by identity id if that
+// identity is live, and reports whether it was.
+func insertKeyOwnedByID(ctx context.Context, tx *sqlx.Tx, cols []any, id string) (bool, error) {
+	insert := keyInsertOwnedByID(cols, id)
+	res, err := tx.ExecContext(ctx, insert.query, insert.args...)
+	if err != nil {
+		return false, fmt.Errorf("keystore: insert key: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// keyOwnerColumn is the position of identity_id in keyColumns; the owner
+// copies follow it.
+const keyOwnerColumn = 6
+
+// ownerColumnNames are a key's owner columns, in keyColumns order.
+var ownerColumnNames = []string{"identity_id", "owner_external_id", "owner_meta", "owner_ratelimits"}
+
+// ownerColumns are what insertKeyOwnedBy selects from keystore_identities
+// for identity_id and the owner copies.
+var ownerColumns = []string{"id", "external_id", "meta", "ratelimits"}
+
+// insertKeyOwnedBy inserts a key row whose owner columns are read from the
+// identity row that the WHERE clause appended to it finds; its arguments
+// are withoutOwner(cols), then the WHERE clause's.
+var insertKeyOwnedBy = func() string {
+	marks := strings.Split(placeholders(strings.Count(keyColumns, ",")+1), ", ")
+	copy(marks[keyOwnerColumn:], ownerColumns)
+	return `INSERT INTO keystore_keys (` + keyColumns + `) SELECT ` + strings.Join(marks, ", ") + ` FROM keystore_identities WHERE `
+}()
+
+// keyInsertOwnedByID inserts the key row cols (owner columns unset) owned
+// by identity id, if that one is live.
+func keyInsertOwnedByID(cols []any, id string) statement {
+	return statement{insertKeyOwnedBy + `id = ? AND live = 1 LOCK IN SHARE MODE`, append(withoutOwner(cols), id)}
+}
+
+// keyInsertOwnedByExternalID inserts the key row cols (owner columns unset)
+// owned by the live identity of externalID, if there is one.
+func keyInsertOwnedByExternalID(cols []any, workspaceID, externalID string) statement {
+	return statement{insertKeyOwnedBy + `workspace_id = ? AND external_id = ? AND live = 1 LOCK IN SHARE MODE`,
+		append(withoutOwner(cols), workspaceID, externalID)}
+}
+
+func withoutOwner(cols []any) []any {
+	return append(slices.Clone(cols[:keyOwnerColumn]), cols[keyOwnerColumn+len(ownerColumns):]...)
+}
+
+// GetKey returns the key keyID of workspaceID, read in one statement from
+// the replica if the Store has one (see [WithReplica]), else the primary. It returns an error matching ErrNotFound when the key does not
+// exist, was deleted, or belongs to another workspace, and ErrInvalidInput
+// when workspaceID or keyID is malformed (keyID is not an id keystore made).
+func (s *Store) GetKey(ctx context.Context, workspaceID, keyID string) (Key, error) {
+	if err := validateID("WorkspaceID", workspaceID, limitIDChars); err != nil {
+		return Key{}, err
+	}
+	if err := validateRefID("KeyID", keyID); err != nil {
+		return Key{}, err
+	}
+	var k Key
+	err := s.read(ctx, func(ctx context.Context, db *sqlx.DB) (err error) {
+		k, err = getKey(ctx, db, workspaceID, keyID, s.clock())
+		return err
+	})
+	return k, err
+}
+
+// keyRow is one row of selectKey.
+type keyRow struct {
+	ID             string                      `db:"id"`
+	WorkspaceID    string                      `db:"workspace_id"`
+	KeySpaceID     string                      `db:"key_space_id"`
+	Start          string                      `db:"start"`
+	Name           sql.NullString              `db:"name"`
+	IdentityID     sql.NullString              `db:"identity_id"`
+	ExternalID     sql.NullString              `db:"external_id"`
+	Meta           jsonColumn[map[string]any]  `db:"meta"`
+	Expires        dbTime                      `db:"expires"`
+	Enabled        bool                        `db:"enabled"`
+	Remaining      sql.NullInt64               `db:"remaining"`
+	RefillInterval sql.NullString              `db:"refill_interval"`
+	RefillAmount   sql.NullInt64               `db:"refill_amount"`
+	RefillDay      sql.NullInt64               `db:"refill_day"`
+	RefilledAt     dbTime                      `db:"refilled_at"`
+	CreatedAt      dbTime                      `db:"created_at"`
+	UpdatedAt      dbTime                      `db:"updated_at"`
+	Permissions    jsonColumn[[]string]        `db:"permissions"`
+	Roles          jsonColumn[[]string]        `db:"roles"`
+	Ratelimits     jsonColumn[[]ratelimitJSON] `db:"ratelimits"`
+}
+
+// selectKeyFrom is the SELECT list and FROM clause of every key read: the
+// key with its sets and its live owner's copies (both kept on its row, see
+// sets.go and ownerCopy), so a key or a page of keys is one index lookup and
+// no join. Callers append a WHERE clause over k.
+const selectKeyFrom = `SELECT k.id, k.workspace_id, k.key_space_id, k.start, k.name,
+	IF(k.owner_external_id IS NULL, NULL, k.identity_id) AS identity_id, k.owner_external_id AS external_id,
+	k.meta, k.expires, k.enabled, k.remaining, k.refill_interval,
+	k.refill_amount, k.refill_day, k.refilled_at, k.created_at, k.updated_at, k.permissions, k.roles, k.ratelimits
+FROM keystore_keys k `
+
+const selectKey = selectKeyFrom + `WHERE k.id = ? AND k.workspace_id = ? AND k.deleted_at IS NULL`
+
+// getKey reads a live key, its credits as they stand at now (see
+// [keyRow.key]).
+func getKey(ctx context.Context, q sqlx.QueryerContext, workspaceID, keyID string, now time.Time) (Key, error) {
+	var row keyRow
+	err := sqlx.GetContext(ctx, q, &row, selectKey, keyID, workspaceID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Key{}, fmt.Errorf("keystore: key %q: %w", keyID, ErrNotFound)
+	}
+	if err != nil {
+		return Key{}, fmt.Errorf("keystore: get key: %w", err)
+	}
+	return row.key(now), nil
+}
+
+// key returns the key the row holds. Its Credits.Remaining is the balance
+// at now, with a refill that is due counted, as VerifyKey counts it: a due
+// refill is written only by the next spend.
+func (r keyRow) key(now time.Time) Key {
+	// Sets are sorted (and permissions deduplicated) here rather than in
+	// SQL: MySQL's JSON_ARRAYAGG has neither ORDER BY nor DISTINCT.
+	k := Key{
+		ID: r.ID, WorkspaceID: r.WorkspaceID, KeySpaceID: r.KeySpaceID, Start: r.Start,
+		Name: r.Name.String, IdentityID: r.IdentityID.String, ExternalID: r.ExternalID.String,
+		Meta: r.Meta.V, Expires: r.Expires.ptr(), Enabled: r.Enabled,
+		Permissions: r.Permissions.V, Roles: r.Roles.V,
+		CreatedAt: r.CreatedAt.Time, UpdatedAt: r.UpdatedAt.Time,
+	}
+	slices.Sort(k.Permissions)
+	k.Permissions = slices.Compact(k.Permissions)
+	if len(k.Permissions) == 0 {
+		k.Permissions = nil // no permissions reads back as nil, like other empty sets
+	}
+	slices.Sort(k.Roles)
+	if r.Remaining.Valid {
+		k.Credits = &Credits{Remaining: r.state().balance(now)}
+		if r.RefillInterval.Valid {
+			k.Credits.Refill = &Refill{Interval: RefillInterval(r.RefillInterval.String),
+				Amount: r.RefillAmount.Int64, Day: int(r.RefillDay.Int64)}
+		}
+	}
+	k.Ratelimits = ratelimitsFromJSON(r.Ratelimits.V)
+	return k
+}
+
+// ListKeys returns a page of the live (not deleted) keys of a key space, or,
+// when req.ExternalID is set, of the live identity of ExternalID (only those
+// in req.KeySpaceID if it is set too), in creation order. Each page is one
+// statement, on the replica if the Store has one, walking an index from the
+// cursor. No key is
+// listed twice; a key committed while a listing is paged may be missed
+// (ids are made before commit, so commits are not in id order).
+// An ExternalID without a live identity lists no keys.
+//
+// Errors: ErrInvalidInput for an invalid request (WorkspaceID is required,
+// and KeySpaceID unless ExternalID is set; Limit 0..MaxPageSize; Cursor ""
+// or a NextCursor).
+func (s *Store) ListKeys(ctx context.Context, req ListKeysRequest) (Page[Key], error) {
+	limit, err := req.validate()
+	if err != nil {
+		return Page[Key]{}, err
+	}
+	where := `WHERE k.workspace_id = ? AND k.deleted_at IS NULL AND k.id > ?`
+	args := []any{req.WorkspaceID, req.Cursor}
+	if req.ExternalID != "" {
+		where += ` AND k.identity_id = (SELECT id FROM keystore_identities
+			WHERE workspace_id = ? AND external_id = ? AND live = 1)`
+		args = append(args, req.WorkspaceID, req.ExternalID)
+	}
+	if req.KeySpaceID != "" {
+		where += ` AND k.key_space_id = ?`
+		args = append(args, req.KeySpaceID)
+	}
+	var rows []keyRow
+	err = s.read(ctx, func(ctx context.Context, db *sqlx.DB) error {
+		rows = nil
+		return db.SelectContext(ctx, &rows, selectKeyFrom+where+` ORDER BY k.id LIMIT ?`, append(args, limit+1)...)
+	})
+	if err != nil {
+		return Page[Key]{}, fmt.Errorf("keystore: list keys: %w", err)
+	}
+	keys, now := make([]Key, len(rows)), s.clock()
+	for i, r := range rows {
+		keys[i] = r.key(now)
+	}
+	return makePage(keys, limit, func(k Key) string { return k.ID }), nil
+}
+
+func (r *ListKeysRequest) validate() (limit int, err error) {
+	if err := validateID("WorkspaceID", r.WorkspaceID, limitIDChars); err != nil {
+		return 0, err
+	}
+	if r.ExternalID != "" {
+		err = validateID("ExternalID", r.ExternalID, limitIDChars)
+	}
+	if err == nil && (r.ExternalID == "" || r.KeySpaceID != "") {
+		err = validateID("KeySpaceID", r.KeySpaceID, limitIDChars)
+	}
+	if err == nil {
+		err = validateCursor(r.Cursor)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return pageLimit(r.Limit)
 }

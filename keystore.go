@@ -128,3 +128,11 @@ func (s *Store) Close() error {
 // clock returns the Store's current time in UTC, at the microsecond
 // precision the schema stores.
 func (s *Store) clock() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
+
+// exec runs one statement of a transaction, naming it in its error.
+func exec(ctx context.Context, tx *sqlx.Tx, what, query string, args ...any) error {
+	if _, err := tx.ExecContext(ctx, query, args...); err != nil {
+		return fmt.Errorf("keystore: %s: %w", what, err)
+	}
+	return nil
+}

@@ -2,10 +2,8 @@ package keystore
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -105,47 +103,73 @@ const setsFromLinks = `k.permissions = JSON_MERGE_PRESERVE(
 	k.roles = (SELECT JSON_ARRAYAGG(r.name) FROM keystore_key_roles kr
 		JOIN keystore_roles r ON r.id = kr.role_id WHERE kr.key_id = k.id)`
 
-// jsonList encodes a set of strings for a JSON column; empty is NULL.
-func jsonList(values []string) any {
-	if len(values) == 0 {
+// ensurePermissions makes a permission exist for every slug in workspaceID.
+// slugs must be sorted and unique: every transaction takes the insert locks
+// in the same order, so two creators of overlapping new sets cannot deadlock
+// on each other. INSERT IGNORE waits for a racing creator like INSERT does,
+// then skips the rows it created; unlike ON DUPLICATE KEY UPDATE it takes
+// only shared locks on existing rows, so keys sharing a hot permission do
+// not serialise. Validation has already made every value fit its column, so
+// IGNORE cannot truncate anything.
+func ensurePermissions(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID string, slugs []string) error {
+	if len(slugs) == 0 {
 		return nil
 	}
-	b, _ := json.Marshal(values) // strings always marshal
-	return string(b)
+	args := make([]any, 0, 4*len(slugs))
+	for _, slug := range slugs {
+		args = append(args, newID("perm"), workspaceID, slug, utc(now))
+	}
+	_, err := tx.ExecContext(ctx, `INSERT IGNORE INTO keystore_permissions (id, workspace_id, slug, created_at) VALUES `+rows(len(slugs), 4), args...)
+	if err != nil {
+		return fmt.Errorf("keystore: create permissions: %w", err)
+	}
+	return nil
 }
 
-// ratelimitJSON is how a ratelimit is stored in a JSON column.
-type ratelimitJSON struct {
-	Name      string `json:"n"`
-	Limit     int64  `json:"l"`
-	Millis    int64  `json:"d"`
-	AutoApply int    `json:"a"`
-}
-
-// ratelimitsValue encodes ratelimits for a JSON column; empty is NULL.
-// Durations are stored in whole milliseconds.
-func ratelimitsValue(rls []Ratelimit) any {
-	if len(rls) == 0 {
+// linkPermissions links keyID to the permissions of slugs (sorted, unique,
+// all existing).
+func linkPermissions(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string, slugs []string) error {
+	if len(slugs) == 0 {
 		return nil
 	}
-	rows := make([]ratelimitJSON, len(rls))
-	for i, rl := range rls {
-		rows[i] = ratelimitJSON{Name: rl.Name, Limit: rl.Limit, Millis: rl.Duration.Milliseconds()}
-		if rl.AutoApply {
-			rows[i].AutoApply = 1
-		}
+	n, err := linkByName(ctx, tx, "keystore_key_permissions", "permission_id", "keystore_permissions", "slug", keyID, workspaceID, slugs)
+	if err != nil {
+		return fmt.Errorf("keystore: link permissions: %w", err)
 	}
-	b, _ := json.Marshal(rows) // plain values always marshal
-	return string(b)
+	if n != int64(len(slugs)) {
+		return fmt.Errorf("keystore: link permissions: linked %d of %d: %w", n, len(slugs), errConcurrentChange)
+	}
+	return nil
 }
 
-// ratelimitsFromJSON decodes stored ratelimits, sorted by name.
-func ratelimitsFromJSON(rows []ratelimitJSON) []Ratelimit {
-	var out []Ratelimit
-	for _, rl := range rows {
-		out = append(out, Ratelimit{Name: rl.Name, Limit: rl.Limit,
-			Duration: time.Duration(rl.Millis) * time.Millisecond, AutoApply: rl.AutoApply != 0})
+// linkByName inserts a row (keyID, id) into the link table for every row of
+// source in workspaceID whose nameColumn is one of names, and returns how
+// many it linked. The INSERT ... SELECT reads them under shared locks, so it
+// sees rows other transactions just committed and keeps them from being
+// deleted until this transaction ends. The table and column names are
+// constants of the callers, never input.
+func linkByName(ctx context.Context, tx *sqlx.Tx, table, column, source, nameColumn, keyID, workspaceID string, names []string) (int64, error) {
+	res, err := tx.ExecContext(ctx, `INSERT INTO `+table+` (key_id, `+column+`)
+		SELECT ?, id FROM `+source+` WHERE workspace_id = ? AND `+nameColumn+` IN (`+placeholders(len(names))+`)
+		LOCK IN SHARE MODE`, append([]any{keyID, workspaceID}, anys(names)...)...)
+	if err != nil {
+		return 0, err
 	}
-	slices.SortFunc(out, func(a, b Ratelimit) int { return strings.Compare(a.Name, b.Name) })
+	return res.RowsAffected()
+}
+
+// sortedUnique returns the values sorted and without duplicates, the fixed
+// order in which every transaction locks them.
+func sortedUnique(values []string) []string {
+	out := slices.Clone(values)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func anys(values []string) []any {
+	out := make([]any, len(values))
+	for i, v := range values {
+		out[i] = v
+	}
 	return out
 }

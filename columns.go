@@ -4,6 +4,8 @@ import (
 	"database/sql/driver"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -92,4 +94,49 @@ func metaValue(m map[string]any) (driver.Value, error) {
 		return nil, invalid("Meta", "cannot be encoded as JSON: %v", err)
 	}
 	return string(b), nil
+}
+
+// jsonList encodes a set of strings for a JSON column; empty is NULL.
+func jsonList(values []string) any {
+	if len(values) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(values) // strings always marshal
+	return string(b)
+}
+
+// ratelimitsValue encodes ratelimits for a JSON column; empty is NULL.
+// Durations are stored in whole milliseconds.
+func ratelimitsValue(rls []Ratelimit) any {
+	if len(rls) == 0 {
+		return nil
+	}
+	rows := make([]ratelimitJSON, len(rls))
+	for i, rl := range rls {
+		rows[i] = ratelimitJSON{Name: rl.Name, Limit: rl.Limit, Millis: rl.Duration.Milliseconds()}
+		if rl.AutoApply {
+			rows[i].AutoApply = 1
+		}
+	}
+	b, _ := json.Marshal(rows) // plain values always marshal
+	return string(b)
+}
+
+// ratelimitsFromJSON decodes stored ratelimits, sorted by name.
+func ratelimitsFromJSON(rows []ratelimitJSON) []Ratelimit {
+	var out []Ratelimit
+	for _, rl := range rows {
+		out = append(out, Ratelimit{Name: rl.Name, Limit: rl.Limit,
+			Duration: time.Duration(rl.Millis) * time.Millisecond, AutoApply: rl.AutoApply != 0})
+	}
+	slices.SortFunc(out, func(a, b Ratelimit) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// ratelimitJSON is how a ratelimit is stored in a JSON column.
+type ratelimitJSON struct {
+	Name      string `json:"n"`
+	Limit     int64  `json:"l"`
+	Millis    int64  `json:"d"`
+	AutoApply int    `json:"a"`
 }
