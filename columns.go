@@ -140,3 +140,52 @@ type ratelimitJSON struct {
 	Millis    int64  `json:"d"`
 	AutoApply int    `json:"a"`
 }
+
+// column is one column of a row and its value.
+type column struct {
+	name  string
+	value any
+}
+
+// columns is a row, or part of one, each value beside its column's name, so
+// that a column added to a table is added to the one list that writes it.
+type columns []column
+
+// names returns the column names, comma-separated.
+func (cs columns) names() string {
+	names := make([]string, len(cs))
+	for i, c := range cs {
+		names[i] = c.name
+	}
+	return strings.Join(names, ", ")
+}
+
+// values returns the values, in the order of names.
+func (cs columns) values() []any {
+	values := make([]any, len(cs))
+	for i, c := range cs {
+		values[i] = c.value
+	}
+	return values
+}
+
+// assignments returns "name = ?" for each column, for an UPDATE's SET list
+// whose arguments are values().
+func (cs columns) assignments() []string {
+	sets := make([]string, len(cs))
+	for i, c := range cs {
+		sets[i] = c.name + " = ?"
+	}
+	return sets
+}
+
+// set gives the columns of cs named in from the values they have there.
+func (cs columns) set(from columns) {
+	for _, f := range from {
+		for i := range cs {
+			if cs[i].name == f.name {
+				cs[i].value = f.value
+			}
+		}
+	}
+}

@@ -68,11 +68,14 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 		}
 	}
 
-	keyRow := func() []any { // in keyColumns order, owner columns unset
-		cols := []any{keyID, req.WorkspaceID, req.KeySpaceID, hash, start, nullString(req.Name),
-			nil, nil, nil, nil, meta, nullableUTC(req.Expires), !req.Disabled}
-		cols = append(cols, creditColumns(req.Credits, now)...)
-		return append(cols, jsonList(permissions), jsonList(roles), ratelimitsValue(req.Ratelimits), utc(now), utc(now))
+	keyRow := func() columns { // every column but deleted_at; no owner yet
+		return slices.Concat(columns{
+			{"id", keyID}, {"workspace_id", req.WorkspaceID}, {"key_space_id", req.KeySpaceID},
+			{"hash", hash}, {"start", start}, {"name", nullString(req.Name)},
+			{"meta", meta}, {"expires", nullableUTC(req.Expires)}, {"enabled", !req.Disabled},
+			{"permissions", jsonList(permissions)}, {"roles", jsonList(roles)},
+			{"ratelimits", ratelimitsValue(req.Ratelimits)}, {"created_at", utc(now)}, {"updated_at", utc(now)},
+		}, ownerCopy(nil), creditColumns(req.Credits, now))
 	}
 	if len(permissions)+len(roles) == 0 {
 		identityID, done, err := s.createKeyOneTrip(ctx, now, req, keyID, keyRow())
@@ -146,7 +149,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 // do it: the server has no anonymous blocks, the Store's retry options set
 // TxOptions, or the owner was deleted (since the Store saw it, or between
 // the blocks).
-func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateKeyRequest, keyID string, cols []any) (identityID string, done bool, err error) {
+func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateKeyRequest, keyID string, cols columns) (identityID string, done bool, err error) {
 	var stmts []statement
 	events := []audit{{event: EventKeyCreate, keyID: keyID}}
 	hinted, seen := s.hints.get(req.WorkspaceID, req.ExternalID)
@@ -156,7 +159,7 @@ func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateK
 		stmts = append(stmts, keyInsertOwnedByID(cols, identityID), requireRowWritten)
 	case req.ExternalID != "":
 		created, insert := identityInsert(now, req.WorkspaceID, req.ExternalID)
-		copy(cols[keyOwnerColumn:], ownerCopy(&created))
+		cols.set(ownerCopy(&created))
 		identityID = created.ID
 		events = append(events, audit{event: EventIdentityCreate, identityID: identityID})
 		stmts = append(stmts, insert, keyInsert(cols))
@@ -184,13 +187,8 @@ func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateK
 	return identityID, req.ExternalID == "" || identityID != "", nil
 }
 
-const keyColumns = `id, workspace_id, key_space_id, hash, start, name,
-	identity_id, owner_external_id, owner_meta, owner_ratelimits, meta, expires,
-	enabled, remaining, refill_interval, refill_amount, refill_day, refilled_at, permissions, roles, ratelimits,
-	created_at, updated_at`
-
 // insertKey inserts one key row.
-func insertKey(ctx context.Context, tx *sqlx.Tx, cols []any) error {
+func insertKey(ctx context.Context, tx *sqlx.Tx, cols columns) error {
 	insert := keyInsert(cols)
 	if _, err := tx.ExecContext(ctx, insert.query, insert.args...); err != nil {
 		return fmt.Errorf("keystore: insert key: %w", err)
@@ -199,24 +197,27 @@ func insertKey(ctx context.Context, tx *sqlx.Tx, cols []any) error {
 }
 
 // keyInsert is the INSERT of one key row.
-func keyInsert(cols []any) statement {
-	return statement{`INSERT INTO keystore_keys (` + keyColumns + `) VALUES (` + placeholders(len(cols)) + `)`, cols}
+func keyInsert(cols columns) statement {
+	return statement{`INSERT INTO keystore_keys (` + cols.names() + `) VALUES (` + placeholders(len(cols)) + `)`, cols.values()}
 }
 
-// creditColumns returns remaining, refill_interval, refill_amount,
-// refill_day and refilled_at for c (nil: unlimited).
-func creditColumns(c *Credits, now time.Time) []any {
+// creditColumns returns the columns of c (nil: unlimited): remaining and
+// the refill's.
+func creditColumns(c *Credits, now time.Time) columns {
+	cols := columns{{"remaining", nil}, {"refill_interval", nil}, {"refill_amount", nil},
+		{"refill_day", nil}, {"refilled_at", nil}}
 	if c == nil {
-		return []any{nil, nil, nil, nil, nil}
+		return cols
 	}
-	if c.Refill == nil {
-		return []any{c.Remaining, nil, nil, nil, nil}
+	cols[0].value = c.Remaining
+	if r := c.Refill; r != nil {
+		var day any
+		if r.Interval == RefillMonthly {
+			day = r.Day
+		}
+		cols[1].value, cols[2].value, cols[3].value, cols[4].value = string(r.Interval), r.Amount, day, utc(now)
 	}
-	var day any
-	if c.Refill.Interval == RefillMonthly {
-		day = c.Refill.Day
-	}
-	return []any{c.Remaining, string(c.Refill.Interval), c.Refill.Amount, day, utc(now)}
+	return cols
 }
 
 // UpdateKey changes the Present fields of req and returns the key as
@@ -282,8 +283,9 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 			}
 			owner = identity.ID
 			events[0].identityID = identity.ID
-			sets = append([]string{"identity_id = ?", "owner_external_id = ?", "owner_meta = ?", "owner_ratelimits = ?"}, sets...)
-			args = append(ownerCopy(&identity), args...)
+			owner := ownerCopy(&identity)
+			sets = append(owner.assignments(), sets...)
+			args = append(owner.values(), args...)
 		}
 		if req.Permissions.Present() {
 			slugs := sortedUnique(valueOrZero(req.Permissions))
@@ -368,8 +370,8 @@ func keyUpdate(req UpdateKeyRequest, now time.Time) (columnUpdate, error) {
 		u.set("name", nullString(valueOrZero(req.Name)))
 	}
 	if req.ExternalID.IsNull() {
-		for i, v := range ownerCopy(nil) {
-			u.set(ownerColumnNames[i], v)
+		for _, c := range ownerCopy(nil) {
+			u.set(c.name, c.value)
 		}
 	}
 	if req.Meta.Present() {
@@ -391,8 +393,8 @@ func keyUpdate(req UpdateKeyRequest, now time.Time) (columnUpdate, error) {
 		if c, ok := req.Credits.Value(); ok {
 			credits = &c
 		}
-		for i, v := range creditColumns(credits, now) {
-			u.set([]string{"remaining", "refill_interval", "refill_amount", "refill_day", "refilled_at"}[i], v)
+		for _, c := range creditColumns(credits, now) {
+			u.set(c.name, c.value)
 		}
 	}
 	if enabled, ok := req.Enabled.Value(); ok {
@@ -467,20 +469,26 @@ func (s *Store) DeleteKey(ctx context.Context, workspaceID, keyID string) error 
 	return err
 }
 
-// ownerCopy returns the values of a key's owner columns (identity_id,
-// owner_external_id, owner_meta, owner_ratelimits) for the identity r
+// ownerCopy returns a key's owner columns (its identity_id and its copies
+// of the owner's external id, meta and ratelimits) for the identity r
 // (found by this package's write path, or created: no meta or ratelimits
 // yet), or for no owner when r is nil.
-func ownerCopy(r *identityRow) []any {
+func ownerCopy(r *identityRow) columns {
 	if r == nil {
-		return []any{nil, nil, nil, nil}
+		return columns{{"identity_id", nil}, {"owner_external_id", nil}, {"owner_meta", nil}, {"owner_ratelimits", nil}}
 	}
-	return []any{r.ID, r.ExternalID, r.rawMeta, r.rawRatelimits}
+	return columns{{"identity_id", r.ID}, {"owner_external_id", r.ExternalID},
+		{"owner_meta", r.rawMeta}, {"owner_ratelimits", r.rawRatelimits}}
 }
 
-// insertOwnedKey inserts the key row (cols in keyColumns order, owner
-// columns left unset) owned by the live identity of externalID, creating
-// the identity when there is none, and returns the identity.
+// ownerSource is the column of keystore_identities that each owner column
+// copies.
+var ownerSource = map[string]string{"identity_id": "id", "owner_external_id": "external_id",
+	"owner_meta": "meta", "owner_ratelimits": "ratelimits"}
+
+// insertOwnedKey inserts the key row cols (its owner columns unset) owned
+// by the live identity of externalID, creating the identity when there is
+// none, and returns the identity.
 //
 // It is ensureIdentity with the read folded into the key's INSERT ...
 // SELECT, which saves the statement of the read and copies the owner's
@@ -498,7 +506,7 @@ func ownerCopy(r *identityRow) []any {
 // The INSERT ... SELECT reads the identity row under a shared lock, so the
 // copies are those of the committed identity, and an UpdateIdentity or
 // DeleteIdentity that rewrites its keys' copies waits for this key.
-func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, cols []any) (identityRow, error) {
+func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, externalID string, cols columns) (identityRow, error) {
 	found := identityRow{WorkspaceID: workspaceID, ExternalID: externalID}
 	id, seen := s.hints.get(workspaceID, externalID)
 	if seen {
@@ -534,7 +542,7 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 	}
 	created, err := insertIdentity(ctx, tx, now, workspaceID, externalID)
 	if err == nil {
-		copy(cols[keyOwnerColumn:], ownerCopy(&created))
+		cols.set(ownerCopy(&created))
 		return created, insertKey(ctx, tx, cols)
 	}
 	if !IsDuplicateKey(err) {
@@ -556,13 +564,13 @@ func (s *Store) insertOwnedKey(ctx context.Context, tx *sqlx.Tx, now time.Time, 
 	if found, err = readIdentityAfterDuplicate(ctx, tx, workspaceID, externalID); err != nil {
 		return found, err
 	}
-	copy(cols[keyOwnerColumn:], ownerCopy(&found))
+	cols.set(ownerCopy(&found))
 	return found, insertKey(ctx, tx, cols)
 }
 
 // insertKeyOwnedByID inserts the key row owned by identity id if that
 // identity is live, and reports whether it was.
-func insertKeyOwnedByID(ctx context.Context, tx *sqlx.Tx, cols []any, id string) (bool, error) {
+func insertKeyOwnedByID(ctx context.Context, tx *sqlx.Tx, cols columns, id string) (bool, error) {
 	insert := keyInsertOwnedByID(cols, id)
 	res, err := tx.ExecContext(ctx, insert.query, insert.args...)
 	if err != nil {
@@ -572,41 +580,34 @@ func insertKeyOwnedByID(ctx context.Context, tx *sqlx.Tx, cols []any, id string)
 	return n == 1, err
 }
 
-// keyOwnerColumn is the position of identity_id in keyColumns; the owner
-// copies follow it.
-const keyOwnerColumn = 6
-
-// ownerColumnNames are a key's owner columns, in keyColumns order.
-var ownerColumnNames = []string{"identity_id", "owner_external_id", "owner_meta", "owner_ratelimits"}
-
-// ownerColumns are what insertKeyOwnedBy selects from keystore_identities
-// for identity_id and the owner copies.
-var ownerColumns = []string{"id", "external_id", "meta", "ratelimits"}
-
-// insertKeyOwnedBy inserts a key row whose owner columns are read from the
-// identity row that the WHERE clause appended to it finds; its arguments
-// are withoutOwner(cols), then the WHERE clause's.
-var insertKeyOwnedBy = func() string {
-	marks := strings.Split(placeholders(strings.Count(keyColumns, ",")+1), ", ")
-	copy(marks[keyOwnerColumn:], ownerColumns)
-	return `INSERT INTO keystore_keys (` + keyColumns + `) SELECT ` + strings.Join(marks, ", ") + ` FROM keystore_identities WHERE `
-}()
-
-// keyInsertOwnedByID inserts the key row cols (owner columns unset) owned
-// by identity id, if that one is live.
-func keyInsertOwnedByID(cols []any, id string) statement {
-	return statement{insertKeyOwnedBy + `id = ? AND live = 1 LOCK IN SHARE MODE`, append(withoutOwner(cols), id)}
+// keyInsertOwnedBy inserts the key row cols with its owner columns read
+// from the identity row that where (a WHERE clause over keystore_identities,
+// with its arguments) finds, under a shared lock; nothing when it finds none.
+func keyInsertOwnedBy(cols columns, where string, whereArgs ...any) statement {
+	selects := make([]string, len(cols))
+	args := make([]any, 0, len(cols)+len(whereArgs))
+	for i, c := range cols {
+		if source, ok := ownerSource[c.name]; ok {
+			selects[i] = source
+			continue
+		}
+		selects[i] = "?"
+		args = append(args, c.value)
+	}
+	return statement{`INSERT INTO keystore_keys (` + cols.names() + `) SELECT ` + strings.Join(selects, ", ") +
+		` FROM keystore_identities WHERE ` + where + ` LOCK IN SHARE MODE`, append(args, whereArgs...)}
 }
 
-// keyInsertOwnedByExternalID inserts the key row cols (owner columns unset)
-// owned by the live identity of externalID, if there is one.
-func keyInsertOwnedByExternalID(cols []any, workspaceID, externalID string) statement {
-	return statement{insertKeyOwnedBy + `workspace_id = ? AND external_id = ? AND live = 1 LOCK IN SHARE MODE`,
-		append(withoutOwner(cols), workspaceID, externalID)}
+// keyInsertOwnedByID inserts the key row cols owned by identity id, if that
+// one is live.
+func keyInsertOwnedByID(cols columns, id string) statement {
+	return keyInsertOwnedBy(cols, `id = ? AND live = 1`, id)
 }
 
-func withoutOwner(cols []any) []any {
-	return append(slices.Clone(cols[:keyOwnerColumn]), cols[keyOwnerColumn+len(ownerColumns):]...)
+// keyInsertOwnedByExternalID inserts the key row cols owned by the live
+// identity of externalID, if there is one.
+func keyInsertOwnedByExternalID(cols columns, workspaceID, externalID string) statement {
+	return keyInsertOwnedBy(cols, `workspace_id = ? AND external_id = ? AND live = 1`, workspaceID, externalID)
 }
 
 // GetKey returns the key keyID of workspaceID, read in one statement from
