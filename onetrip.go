@@ -31,17 +31,10 @@ import (
 // SELECT says which one it got, and requireRowWritten stops the block when
 // the owner was not there.
 //
-// Why: on this project's benchmark machine a transaction's cost is mostly
-// its round trips. CreateKey of a new owner is BEGIN, two INSERTs and
-// COMMIT; sent one by one, it reached 0.63-0.65x the throughput of a bare
-// one-INSERT transaction (BEGIN, INSERT, COMMIT) at 16 goroutines, and as
-// one block 0.85-1.0x (BenchmarkCreateKey, scenario new, keystore-noaudit
-// against floor, 3 runs each). For an owner the Store has seen (BEGIN, the
-// key's INSERT ... SELECT, the audit event, COMMIT), one block took keystore
-// from 0.80x to 1.36x the seed's find-then-insert at one goroutine and from
-// 0.82x to 0.93x at 16 (scenario existing, 5 runs each; the client's CPU
-// per call halved). Over a real network the saving is three round trips
-// per call.
+// Why: a short transaction's cost is mostly its round trips, and a block
+// saves all but one of them (BenchmarkCreateKey measures it against a bare
+// one-INSERT transaction and the seed's code; docs/benchmarks.md has the
+// numbers). Over a real network the saving is three round trips per call.
 //
 // Costs, and what the Store does about them:
 //   - The COMMIT travels with the statements, so when the connection fails

@@ -13,15 +13,15 @@ import (
 // preparedStatements holds server-side prepared statements, one per pool
 // and query, prepared on first use. database/sql prepares each on every
 // connection that runs it, once, and a prepared statement then runs in one
-// round trip without being parsed again: VerifyKey's lookup took about 0.7x
-// the time of the same query sent as text (interpolateParams), measured at
-// one goroutine. It is safe for concurrent use.
+// round trip without being parsed again, which makes VerifyKey's lookup
+// cheaper than the same query sent as text (interpolateParams; see
+// docs/benchmarks.md). It is safe for concurrent use.
 //
 // Only statements run outside a transaction use it: the first prepare of a
 // query takes a connection of its own from the pool, which a transaction
 // holding the pool's last connection would wait for forever. (CreateKey's
-// INSERTs, tried as prepared statements, used about 7% less server CPU and
-// no less wall time; they would have to be prepared before the transaction.)
+// INSERTs, tried as prepared statements, saved some server CPU and no wall
+// time; they would have to be prepared before the transaction.)
 type preparedStatements struct {
 	mu    sync.Mutex
 	stmts map[preparedKey]*sql.Stmt

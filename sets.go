@@ -11,8 +11,8 @@ import (
 
 // A key's permissions (direct and through its roles), its role names and
 // its ratelimits are kept as JSON on the key's row, so that VerifyKey and
-// GetKey read one row instead of aggregating link tables: measured, each
-// correlated aggregate cost about as much as the whole bare lookup.
+// GetKey read one row instead of aggregating link tables, each of which
+// cost about as much as the whole lookup.
 //
 // The link tables (keystore_key_permissions, keystore_key_roles,
 // keystore_role_permissions) stay the truth for permissions and roles; every
