@@ -65,15 +65,24 @@ type audit struct {
 	keyID, identityID, roleID string
 }
 
-// writeAudit inserts events in one statement, in the caller's transaction,
-// unless the Store was made WithoutAudit.
-func (s *Store) writeAudit(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID string, events ...audit) error {
-	insert, ok := s.auditInsert(ctx, now, workspaceID, events)
-	if !ok {
-		return nil
+// trail returns the statements that record a mutation, written in the
+// mutation's own transaction whichever way it is sent (statement by
+// statement by writeTrail, or in one round trip by execOneTrip): the INSERT
+// of its audit events, unless the Store was made WithoutAudit. A row that
+// every mutation must write with its changes belongs here.
+func (s *Store) trail(ctx context.Context, now time.Time, workspaceID string, events []audit) []statement {
+	if insert, ok := s.auditInsert(ctx, now, workspaceID, events); ok {
+		return []statement{insert}
 	}
-	if _, err := tx.ExecContext(ctx, insert.query, insert.args...); err != nil {
-		return fmt.Errorf("keystore: write audit event: %w", err)
+	return nil
+}
+
+// writeTrail runs the trail of events in the caller's transaction.
+func (s *Store) writeTrail(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID string, events ...audit) error {
+	for _, st := range s.trail(ctx, now, workspaceID, events) {
+		if _, err := tx.ExecContext(ctx, st.query, st.args...); err != nil {
+			return fmt.Errorf("keystore: write audit event: %w", err)
+		}
 	}
 	return nil
 }
@@ -94,18 +103,18 @@ func (s *Store) auditInsert(ctx context.Context, now time.Time, workspaceID stri
 		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at) VALUES ` + rows(len(events), 8), args}, true
 }
 
-// keyCreatedAuditInsert returns the INSERT of the key.create event of
-// keyID, selected from the key's row: written only if the key was, with the
+// keyCreatedTrail is the trail of the key.create event of keyID, its
+// owner selected from the key's row: written only if the key was, with the
 // owner the key got. For a block whose key INSERT reads its owner (see
-// createKeyOneTrip). false when the Store was made WithoutAudit.
-func (s *Store) keyCreatedAuditInsert(ctx context.Context, now time.Time, workspaceID, keyID string) (statement, bool) {
+// createKeyOneTrip).
+func (s *Store) keyCreatedTrail(ctx context.Context, now time.Time, workspaceID, keyID string) []statement {
 	if s.noAudit {
-		return statement{}, false
+		return nil
 	}
-	return statement{`INSERT INTO keystore_audit_events
+	return []statement{{`INSERT INTO keystore_audit_events
 		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at)
 		SELECT ?, ?, ?, ?, id, identity_id, NULL, ? FROM keystore_keys WHERE id = ?`,
-		[]any{newID("evt"), workspaceID, actorFrom(ctx), EventKeyCreate, utc(now), keyID}}, true
+		[]any{newID("evt"), workspaceID, actorFrom(ctx), EventKeyCreate, utc(now), keyID}}}
 }
 
 // ListAuditEvents returns a page of the audit events of a workspace, oldest

@@ -187,7 +187,7 @@ func (s *Store) EnsureIdentity(ctx context.Context, workspaceID, externalID stri
 			return Identity{}, err
 		}
 		if row.created {
-			return row.identity(), s.writeAudit(ctx, tx, now, workspaceID, audit{event: EventIdentityCreate, identityID: row.ID})
+			return row.identity(), s.writeTrail(ctx, tx, now, workspaceID, audit{event: EventIdentityCreate, identityID: row.ID})
 		}
 		return readIdentityByID(ctx, tx, row.ID)
 	}, readCommitted)
@@ -262,7 +262,7 @@ func (s *Store) UpdateIdentity(ctx context.Context, req UpdateIdentityRequest) (
 				return Identity{}, err
 			}
 		}
-		if err := s.writeAudit(ctx, tx, now, req.WorkspaceID, audit{event: EventIdentityUpdate, identityID: id}); err != nil {
+		if err := s.writeTrail(ctx, tx, now, req.WorkspaceID, audit{event: EventIdentityUpdate, identityID: id}); err != nil {
 			return Identity{}, err
 		}
 		return readIdentityByID(ctx, tx, id)
@@ -323,7 +323,7 @@ func (s *Store) DeleteIdentity(ctx context.Context, workspaceID, externalID stri
 		if err != nil {
 			return struct{}{}, err
 		}
-		return struct{}{}, s.writeAudit(ctx, tx, now, workspaceID, audit{event: EventIdentityDelete, identityID: id})
+		return struct{}{}, s.writeTrail(ctx, tx, now, workspaceID, audit{event: EventIdentityDelete, identityID: id})
 	})
 	return err
 }

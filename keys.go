@@ -125,7 +125,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 				return "", err
 			}
 		}
-		return identityID, s.writeAudit(ctx, tx, now, req.WorkspaceID, events...)
+		return identityID, s.writeTrail(ctx, tx, now, req.WorkspaceID, events...)
 	})
 	if err != nil {
 		return CreatedKey{}, err
@@ -167,15 +167,11 @@ func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateK
 		stmts = append(stmts, keyInsert(cols))
 	}
 	events[0].identityID = identityID
-	if insert, ok := s.auditInsert(ctx, now, req.WorkspaceID, events); ok {
-		stmts = append(stmts, insert)
-	}
+	stmts = append(stmts, s.trail(ctx, now, req.WorkspaceID, events)...)
 	_, err = s.execOneTrip(ctx, statement{}, stmts...)
 	if !seen && identityID != "" && IsDuplicateKey(err) {
-		stmts = []statement{keyInsertOwnedByExternalID(cols, req.WorkspaceID, req.ExternalID)}
-		if insert, ok := s.keyCreatedAuditInsert(ctx, now, req.WorkspaceID, keyID); ok {
-			stmts = append(stmts, insert)
-		}
+		stmts = append([]statement{keyInsertOwnedByExternalID(cols, req.WorkspaceID, req.ExternalID)},
+			s.keyCreatedTrail(ctx, now, req.WorkspaceID, keyID)...)
 		identityID, err = s.execOneTrip(ctx, statement{`SELECT identity_id FROM keystore_keys WHERE id = ?`, []any{keyID}}, stmts...)
 	}
 	switch {
@@ -324,7 +320,7 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 				return Key{}, err
 			}
 		}
-		if err := s.writeAudit(ctx, tx, now, req.WorkspaceID, events...); err != nil {
+		if err := s.writeTrail(ctx, tx, now, req.WorkspaceID, events...); err != nil {
 			return Key{}, err
 		}
 		return getKey(ctx, tx, req.WorkspaceID, req.KeyID, now)
@@ -463,7 +459,7 @@ func (s *Store) DeleteKey(ctx context.Context, workspaceID, keyID string) error 
 			utc(now), utc(now), keyID); err != nil {
 			return struct{}{}, fmt.Errorf("keystore: delete key: %w", err)
 		}
-		return struct{}{}, s.writeAudit(ctx, tx, now, workspaceID,
+		return struct{}{}, s.writeTrail(ctx, tx, now, workspaceID,
 			audit{event: EventKeyDelete, keyID: keyID, identityID: row.IdentityID.String})
 	})
 	return err

@@ -65,7 +65,7 @@ func (s *Store) CreateRole(ctx context.Context, workspaceID, name string, permis
 			event.event = EventRoleUpdate
 		}
 		if created || added > 0 {
-			if err := s.writeAudit(ctx, tx, now, workspaceID, event); err != nil {
+			if err := s.writeTrail(ctx, tx, now, workspaceID, event); err != nil {
 				return Role{}, err
 			}
 		}
@@ -189,7 +189,7 @@ func (s *Store) DeleteRole(ctx context.Context, workspaceID, name string) error 
 		if err != nil {
 			return struct{}{}, err
 		}
-		return struct{}{}, s.writeAudit(ctx, tx, now, workspaceID, audit{event: EventRoleDelete, roleID: id})
+		return struct{}{}, s.writeTrail(ctx, tx, now, workspaceID, audit{event: EventRoleDelete, roleID: id})
 	}, readCommitted) // refreshing keys reads their links as last committed
 	return err
 }
