@@ -189,3 +189,10 @@ func (cs columns) set(from columns) {
 		}
 	}
 }
+
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}

@@ -30,3 +30,8 @@ func (f Field[T]) IsNull() bool { return f.state == fieldNull }
 // Value returns the value given to [Set] and true, or the zero value and
 // false when the field is unset or null.
 func (f Field[T]) Value() (T, bool) { return f.value, f.state == fieldSet }
+
+func valueOrZero[T any](f Field[T]) T {
+	v, _ := f.Value()
+	return v
+}

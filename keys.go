@@ -216,255 +216,6 @@ func creditColumns(c *Credits, now time.Time) columns {
 	return cols
 }
 
-// UpdateKey changes the Present fields of req and returns the key as
-// committed, including what other transactions committed before it.
-// Concurrent updates of one key apply one after the other (the key's row
-// lock). Setting ExternalID links the found-or-created identity with the
-// same race safety as CreateKey, and the Store's calls for an owner it has
-// not seen wait for the first of them in the same way.
-//
-// Errors: ErrInvalidInput when req is invalid; ErrNotFound when the key does
-// not exist, was deleted, belongs to another workspace, or a role does not
-// exist. In those cases nothing is written. ctx ending while the call waits
-// for the Store's own creation of the owner: ctx.Err(), wrapped. Otherwise
-// the errors of [WithRetryTx].
-func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error) {
-	now := s.clock()
-	if err := req.validate(now); err != nil {
-		return Key{}, err
-	}
-	update, err := keyUpdate(req, now)
-	if err != nil {
-		return Key{}, err
-	}
-	roles := sortedUnique(valueOrZero(req.Roles))
-	ext, linking := req.ExternalID.Value()
-	var release func() // non-nil while this call holds the Store's claim on the owner
-	if linking {
-		if release, err = s.hints.claim(ctx, req.WorkspaceID, ext); err != nil {
-			return Key{}, err
-		}
-		if release != nil {
-			defer release()
-		}
-	}
-	var owner string // the identity linked, once committed
-	key, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (Key, error) {
-		// Roles the key is to hold are share-locked before the key row:
-		// CreateRole and DeleteRole lock a role, then the keys that hold
-		// it, and taking the locks in the other order deadlocked with them
-		// (TestUpdateKeyRolesRacingCreateRole).
-		if err := lockRoles(ctx, tx, req.WorkspaceID, roles); err != nil {
-			return Key{}, err
-		}
-		// A change of links locks the key row first, so that concurrent
-		// link changes of one key do not interleave. Any other update is
-		// locked by its UPDATE.
-		linksChange := req.Permissions.Present() || req.Roles.Present()
-		sets, args := update.sets, update.args
-		if linksChange {
-			if err := lockKey(ctx, tx, req.WorkspaceID, req.KeyID); err != nil {
-				return Key{}, err
-			}
-			sets = append(sets, setsFromLinks) // computed after the links below change
-		}
-		events := []audit{{event: EventKeyUpdate, keyID: req.KeyID}}
-		if linking {
-			identity, err := s.lockOwner(ctx, tx, now, req.WorkspaceID, ext, release)
-			if err != nil {
-				return Key{}, err
-			}
-			if identity.created {
-				events = append(events, audit{event: EventIdentityCreate, identityID: identity.ID})
-			}
-			owner = identity.ID
-			events[0].identityID = identity.ID
-			owner := ownerCopy(&identity)
-			sets = append(owner.assignments(), sets...)
-			args = append(owner.values(), args...)
-		}
-		if req.Permissions.Present() {
-			slugs := sortedUnique(valueOrZero(req.Permissions))
-			if err := ensurePermissions(ctx, tx, now, req.WorkspaceID, slugs); err != nil {
-				return Key{}, err
-			}
-			if err := deleteLinks(ctx, tx, "keystore_key_permissions", req.KeyID); err != nil {
-				return Key{}, err
-			}
-			if err := linkPermissions(ctx, tx, req.KeyID, req.WorkspaceID, slugs); err != nil {
-				return Key{}, err
-			}
-		}
-		if req.Roles.Present() {
-			if err := deleteLinks(ctx, tx, "keystore_key_roles", req.KeyID); err != nil {
-				return Key{}, err
-			}
-			if err := linkRoles(ctx, tx, req.KeyID, req.WorkspaceID, roles); err != nil {
-				return Key{}, err
-			}
-		}
-		if linksChange {
-			if err := liftAggregateLimit(ctx, tx); err != nil {
-				return Key{}, err
-			}
-		}
-		res, err := tx.ExecContext(ctx, `UPDATE keystore_keys k SET `+strings.Join(sets, ", ")+
-			` WHERE k.id = ? AND k.workspace_id = ? AND k.deleted_at IS NULL`, append(args, req.KeyID, req.WorkspaceID)...)
-		if err != nil {
-			return Key{}, fmt.Errorf("keystore: update key: %w", err)
-		}
-		if n, err := res.RowsAffected(); err != nil || n == 0 {
-			// Missing, or unchanged because a concurrent update set the
-			// same updated_at to the microsecond: the lock tells which.
-			if err := lockKey(ctx, tx, req.WorkspaceID, req.KeyID); err != nil {
-				return Key{}, err
-			}
-		}
-		if err := s.writeTrail(ctx, tx, now, req.WorkspaceID, events...); err != nil {
-			return Key{}, err
-		}
-		return getKey(ctx, tx, req.WorkspaceID, req.KeyID, now)
-	})
-	if err == nil && owner != "" {
-		s.hints.add(req.WorkspaceID, ext, owner)
-	}
-	return key, err
-}
-
-// lockKey takes the exclusive lock on a live key of workspaceID, or returns
-// an error matching ErrNotFound.
-func lockKey(ctx context.Context, tx *sqlx.Tx, workspaceID, keyID string) error {
-	var one int
-	err := tx.GetContext(ctx, &one, `SELECT 1 FROM keystore_keys
-		WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL FOR UPDATE`, keyID, workspaceID)
-	if errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("keystore: key %q: %w", keyID, ErrNotFound)
-	}
-	if err != nil {
-		return fmt.Errorf("keystore: lock key: %w", err)
-	}
-	return nil
-}
-
-// columnUpdate is the SET list of an UPDATE of keystore_keys.
-type columnUpdate struct {
-	sets []string
-	args []any
-}
-
-func (u *columnUpdate) set(column string, value any) {
-	u.sets = append(u.sets, column+" = ?")
-	u.args = append(u.args, value)
-}
-
-// keyUpdate turns the scalar fields of req into a SET list (identity
-// excluded: it needs the transaction).
-func keyUpdate(req UpdateKeyRequest, now time.Time) (columnUpdate, error) {
-	var u columnUpdate
-	u.set("updated_at", utc(now))
-	if req.Name.Present() {
-		u.set("name", nullString(valueOrZero(req.Name)))
-	}
-	if req.ExternalID.IsNull() {
-		for _, c := range ownerCopy(nil) {
-			u.set(c.name, c.value)
-		}
-	}
-	if req.Meta.Present() {
-		meta, err := metaValue(valueOrZero(req.Meta))
-		if err != nil {
-			return u, err
-		}
-		u.set("meta", meta)
-	}
-	if req.Expires.Present() {
-		var expires any
-		if t, ok := req.Expires.Value(); ok {
-			expires = utc(t)
-		}
-		u.set("expires", expires)
-	}
-	if req.Credits.Present() {
-		var credits *Credits
-		if c, ok := req.Credits.Value(); ok {
-			credits = &c
-		}
-		for _, c := range creditColumns(credits, now) {
-			u.set(c.name, c.value)
-		}
-	}
-	if enabled, ok := req.Enabled.Value(); ok {
-		u.set("enabled", enabled)
-	}
-	if req.Ratelimits.Present() {
-		u.set("ratelimits", ratelimitsValue(valueOrZero(req.Ratelimits)))
-	}
-	return u, nil
-}
-
-// deleteLinks removes every row of a link table for keyID. table is one of
-// the two link tables, never user input.
-func deleteLinks(ctx context.Context, tx *sqlx.Tx, table, keyID string) error {
-	if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE key_id = ?`, keyID); err != nil {
-		return fmt.Errorf("keystore: delete from %s: %w", table, err)
-	}
-	return nil
-}
-
-func valueOrZero[T any](f Field[T]) T {
-	v, _ := f.Value()
-	return v
-}
-
-func nullString(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
-
-// DeleteKey soft-deletes a key: the row stays (for the audit trail) with its
-// deletion time, and from then on GetKey, UpdateKey and ListKeys do not find
-// it and VerifyKey answers CodeNotFound. Deleting a deleted key again does
-// nothing and returns nil, without a second audit event.
-//
-// Errors: ErrInvalidInput for an invalid workspaceID or keyID; ErrNotFound
-// when the key never existed or belongs to another workspace. Otherwise the
-// errors of [WithRetryTx].
-func (s *Store) DeleteKey(ctx context.Context, workspaceID, keyID string) error {
-	if err := validateID("WorkspaceID", workspaceID, limitIDChars); err != nil {
-		return err
-	}
-	if err := validateRefID("KeyID", keyID); err != nil {
-		return err
-	}
-	now := s.clock()
-	_, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
-		var row struct {
-			IdentityID sql.NullString `db:"identity_id"`
-			Deleted    bool           `db:"deleted"`
-		}
-		err := tx.GetContext(ctx, &row, `SELECT identity_id, deleted_at IS NOT NULL AS deleted FROM keystore_keys
-			WHERE id = ? AND workspace_id = ? FOR UPDATE`, keyID, workspaceID)
-		if errors.Is(err, sql.ErrNoRows) {
-			return struct{}{}, fmt.Errorf("keystore: key %q: %w", keyID, ErrNotFound)
-		}
-		if err != nil {
-			return struct{}{}, fmt.Errorf("keystore: lock key: %w", err)
-		}
-		if row.Deleted {
-			return struct{}{}, nil // deleted before: nothing changes, no event
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE keystore_keys SET deleted_at = ?, updated_at = ? WHERE id = ?`,
-			utc(now), utc(now), keyID); err != nil {
-			return struct{}{}, fmt.Errorf("keystore: delete key: %w", err)
-		}
-		return struct{}{}, s.writeTrail(ctx, tx, now, workspaceID,
-			audit{event: EventKeyDelete, keyID: keyID, identityID: row.IdentityID.String})
-	})
-	return err
-}
-
 // ownerCopy returns a key's owner columns (its identity_id and its copies
 // of the owner's external id, meta and ratelimits) for the identity r
 // (found by this package's write path, or created: no meta or ratelimits
@@ -604,6 +355,227 @@ func keyInsertOwnedByID(cols columns, id string) statement {
 // identity of externalID, if there is one.
 func keyInsertOwnedByExternalID(cols columns, workspaceID, externalID string) statement {
 	return keyInsertOwnedBy(cols, `workspace_id = ? AND external_id = ? AND live = 1`, workspaceID, externalID)
+}
+
+// UpdateKey changes the Present fields of req and returns the key as
+// committed, including what other transactions committed before it.
+// Concurrent updates of one key apply one after the other (the key's row
+// lock). Setting ExternalID links the found-or-created identity with the
+// same race safety as CreateKey, and the Store's calls for an owner it has
+// not seen wait for the first of them in the same way.
+//
+// Errors: ErrInvalidInput when req is invalid; ErrNotFound when the key does
+// not exist, was deleted, belongs to another workspace, or a role does not
+// exist. In those cases nothing is written. ctx ending while the call waits
+// for the Store's own creation of the owner: ctx.Err(), wrapped. Otherwise
+// the errors of [WithRetryTx].
+func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error) {
+	now := s.clock()
+	if err := req.validate(now); err != nil {
+		return Key{}, err
+	}
+	update, err := keyUpdate(req, now)
+	if err != nil {
+		return Key{}, err
+	}
+	roles := sortedUnique(valueOrZero(req.Roles))
+	ext, linking := req.ExternalID.Value()
+	var release func() // non-nil while this call holds the Store's claim on the owner
+	if linking {
+		if release, err = s.hints.claim(ctx, req.WorkspaceID, ext); err != nil {
+			return Key{}, err
+		}
+		if release != nil {
+			defer release()
+		}
+	}
+	var owner string // the identity linked, once committed
+	key, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (Key, error) {
+		// Roles the key is to hold are share-locked before the key row:
+		// CreateRole and DeleteRole lock a role, then the keys that hold
+		// it, and taking the locks in the other order deadlocked with them
+		// (TestUpdateKeyRolesRacingCreateRole).
+		if err := lockRoles(ctx, tx, req.WorkspaceID, roles); err != nil {
+			return Key{}, err
+		}
+		// A change of links locks the key row first, so that concurrent
+		// link changes of one key do not interleave. Any other update is
+		// locked by its UPDATE.
+		linksChange := req.Permissions.Present() || req.Roles.Present()
+		sets, args := update.assignments(), update.values()
+		if linksChange {
+			if err := lockKey(ctx, tx, req.WorkspaceID, req.KeyID); err != nil {
+				return Key{}, err
+			}
+			sets = append(sets, setsFromLinks) // computed after the links below change
+		}
+		events := []audit{{event: EventKeyUpdate, keyID: req.KeyID}}
+		if linking {
+			identity, err := s.lockOwner(ctx, tx, now, req.WorkspaceID, ext, release)
+			if err != nil {
+				return Key{}, err
+			}
+			if identity.created {
+				events = append(events, audit{event: EventIdentityCreate, identityID: identity.ID})
+			}
+			owner = identity.ID
+			events[0].identityID = identity.ID
+			owner := ownerCopy(&identity)
+			sets = append(owner.assignments(), sets...)
+			args = append(owner.values(), args...)
+		}
+		if req.Permissions.Present() {
+			slugs := sortedUnique(valueOrZero(req.Permissions))
+			if err := ensurePermissions(ctx, tx, now, req.WorkspaceID, slugs); err != nil {
+				return Key{}, err
+			}
+			if err := deleteLinks(ctx, tx, "keystore_key_permissions", req.KeyID); err != nil {
+				return Key{}, err
+			}
+			if err := linkPermissions(ctx, tx, req.KeyID, req.WorkspaceID, slugs); err != nil {
+				return Key{}, err
+			}
+		}
+		if req.Roles.Present() {
+			if err := deleteLinks(ctx, tx, "keystore_key_roles", req.KeyID); err != nil {
+				return Key{}, err
+			}
+			if err := linkRoles(ctx, tx, req.KeyID, req.WorkspaceID, roles); err != nil {
+				return Key{}, err
+			}
+		}
+		if linksChange {
+			if err := liftAggregateLimit(ctx, tx); err != nil {
+				return Key{}, err
+			}
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE keystore_keys k SET `+strings.Join(sets, ", ")+
+			` WHERE k.id = ? AND k.workspace_id = ? AND k.deleted_at IS NULL`, append(args, req.KeyID, req.WorkspaceID)...)
+		if err != nil {
+			return Key{}, fmt.Errorf("keystore: update key: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			// Missing, or unchanged because a concurrent update set the
+			// same updated_at to the microsecond: the lock tells which.
+			if err := lockKey(ctx, tx, req.WorkspaceID, req.KeyID); err != nil {
+				return Key{}, err
+			}
+		}
+		if err := s.writeTrail(ctx, tx, now, req.WorkspaceID, events...); err != nil {
+			return Key{}, err
+		}
+		return getKey(ctx, tx, req.WorkspaceID, req.KeyID, now)
+	})
+	if err == nil && owner != "" {
+		s.hints.add(req.WorkspaceID, ext, owner)
+	}
+	return key, err
+}
+
+// lockKey takes the exclusive lock on a live key of workspaceID, or returns
+// an error matching ErrNotFound.
+func lockKey(ctx context.Context, tx *sqlx.Tx, workspaceID, keyID string) error {
+	var one int
+	err := tx.GetContext(ctx, &one, `SELECT 1 FROM keystore_keys
+		WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL FOR UPDATE`, keyID, workspaceID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("keystore: key %q: %w", keyID, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("keystore: lock key: %w", err)
+	}
+	return nil
+}
+
+// keyUpdate returns the columns the scalar fields of req change (the owner
+// excluded: it needs the transaction).
+func keyUpdate(req UpdateKeyRequest, now time.Time) (columns, error) {
+	u := columns{{"updated_at", utc(now)}}
+	if req.Name.Present() {
+		u = append(u, column{"name", nullString(valueOrZero(req.Name))})
+	}
+	if req.ExternalID.IsNull() {
+		u = append(u, ownerCopy(nil)...)
+	}
+	if req.Meta.Present() {
+		meta, err := metaValue(valueOrZero(req.Meta))
+		if err != nil {
+			return u, err
+		}
+		u = append(u, column{"meta", meta})
+	}
+	if req.Expires.Present() {
+		var expires any
+		if t, ok := req.Expires.Value(); ok {
+			expires = utc(t)
+		}
+		u = append(u, column{"expires", expires})
+	}
+	if req.Credits.Present() {
+		var credits *Credits
+		if c, ok := req.Credits.Value(); ok {
+			credits = &c
+		}
+		u = append(u, creditColumns(credits, now)...)
+	}
+	if enabled, ok := req.Enabled.Value(); ok {
+		u = append(u, column{"enabled", enabled})
+	}
+	if req.Ratelimits.Present() {
+		u = append(u, column{"ratelimits", ratelimitsValue(valueOrZero(req.Ratelimits))})
+	}
+	return u, nil
+}
+
+// deleteLinks removes every row of a link table for keyID. table is one of
+// the two link tables, never user input.
+func deleteLinks(ctx context.Context, tx *sqlx.Tx, table, keyID string) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE key_id = ?`, keyID); err != nil {
+		return fmt.Errorf("keystore: delete from %s: %w", table, err)
+	}
+	return nil
+}
+
+// DeleteKey soft-deletes a key: the row stays (for the audit trail) with its
+// deletion time, and from then on GetKey, UpdateKey and ListKeys do not find
+// it and VerifyKey answers CodeNotFound. Deleting a deleted key again does
+// nothing and returns nil, without a second audit event.
+//
+// Errors: ErrInvalidInput for an invalid workspaceID or keyID; ErrNotFound
+// when the key never existed or belongs to another workspace. Otherwise the
+// errors of [WithRetryTx].
+func (s *Store) DeleteKey(ctx context.Context, workspaceID, keyID string) error {
+	if err := validateID("WorkspaceID", workspaceID, limitIDChars); err != nil {
+		return err
+	}
+	if err := validateRefID("KeyID", keyID); err != nil {
+		return err
+	}
+	now := s.clock()
+	_, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
+		var row struct {
+			IdentityID sql.NullString `db:"identity_id"`
+			Deleted    bool           `db:"deleted"`
+		}
+		err := tx.GetContext(ctx, &row, `SELECT identity_id, deleted_at IS NOT NULL AS deleted FROM keystore_keys
+			WHERE id = ? AND workspace_id = ? FOR UPDATE`, keyID, workspaceID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return struct{}{}, fmt.Errorf("keystore: key %q: %w", keyID, ErrNotFound)
+		}
+		if err != nil {
+			return struct{}{}, fmt.Errorf("keystore: lock key: %w", err)
+		}
+		if row.Deleted {
+			return struct{}{}, nil // deleted before: nothing changes, no event
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE keystore_keys SET deleted_at = ?, updated_at = ? WHERE id = ?`,
+			utc(now), utc(now), keyID); err != nil {
+			return struct{}{}, fmt.Errorf("keystore: delete key: %w", err)
+		}
+		return struct{}{}, s.writeTrail(ctx, tx, now, workspaceID,
+			audit{event: EventKeyDelete, keyID: keyID, identityID: row.IdentityID.String})
+	})
+	return err
 }
 
 // GetKey returns the key keyID of workspaceID, read in one statement from
