@@ -238,27 +238,24 @@ func (s *Store) UpdateIdentity(ctx context.Context, req UpdateIdentityRequest) (
 		if err != nil {
 			return Identity{}, err
 		}
-		sets, args := "updated_at = ?", []any{utc(now)}
-		var keySets []string
-		var keyArgs []any
+		changed, copies := columns{{"updated_at", utc(now)}}, columns{} // the identity's, its keys'
 		if req.Meta.Present() {
-			sets, args = sets+", meta = ?", append(args, meta)
-			keySets, keyArgs = append(keySets, "owner_meta = ?"), append(keyArgs, meta)
+			changed, copies = append(changed, column{"meta", meta}), append(copies, column{"owner_meta", meta})
 		}
 		if req.Ratelimits.Present() {
 			rl := ratelimitsValue(valueOrZero(req.Ratelimits))
-			sets, args = sets+", ratelimits = ?", append(args, rl)
-			keySets, keyArgs = append(keySets, "owner_ratelimits = ?"), append(keyArgs, rl)
+			changed, copies = append(changed, column{"ratelimits", rl}), append(copies, column{"owner_ratelimits", rl})
 		}
-		if err := exec(ctx, tx, "update identity", `UPDATE keystore_identities SET `+sets+` WHERE id = ?`, append(args, id)...); err != nil {
+		if err := exec(ctx, tx, "update identity", `UPDATE keystore_identities SET `+strings.Join(changed.assignments(), ", ")+
+			` WHERE id = ?`, append(changed.values(), id)...); err != nil {
 			return Identity{}, err
 		}
 		// The copies on its keys, under the identity's exclusive lock: a
 		// key being created for it holds a shared one and is rewritten
 		// here once it has committed (see insertOwnedKey).
-		if len(keySets) > 0 {
-			if err := exec(ctx, tx, "update keys of identity", `UPDATE keystore_keys SET `+strings.Join(keySets, ", ")+
-				` WHERE identity_id = ?`, append(keyArgs, id)...); err != nil {
+		if len(copies) > 0 {
+			if err := exec(ctx, tx, "update keys of identity", `UPDATE keystore_keys SET `+strings.Join(copies.assignments(), ", ")+
+				` WHERE identity_id = ?`, append(copies.values(), id)...); err != nil {
 				return Identity{}, err
 			}
 		}
