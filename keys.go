@@ -12,6 +12,14 @@ import (
 	"github.com/jmoiron/sqlx"
 )
 
+// A key's whole life, in the order it is lived: CreateKey and its write
+// protocol (the key row, named column by column, and the INSERTs that write
+// it, reading the owner or not), UpdateKey, DeleteKey, then the reads:
+// GetKey, ListKeys and the row they scan. An owner is found or created by
+// identity.go's primitives, permissions and roles are linked by sets.go and
+// roles.go, every mutation's trail is built by audit.go, and onetrip.go
+// sends a transaction in one round trip; VerifyKey lives in verify.go.
+
 // CreateKey creates a key and returns its plaintext, which is not stored and
 // cannot be read again. When req.ExternalID is set, the key is linked to its
 // identity, created if needed; missing permissions are created; every role
