@@ -27,14 +27,14 @@ const (
 // transaction: if the transaction rolls back, so does its event, and a
 // transaction that was retried leaves exactly one.
 type AuditEvent struct {
-	ID          string
-	WorkspaceID string
-	Actor       string // from ContextWithActor; "" when none was given
-	Event       string // one of the Event* constants
-	KeyID       string // the targets; "" when not applicable
-	IdentityID  string
-	RoleID      string
-	CreatedAt   time.Time
+	ID          string    // made by keystore; ListAuditEvents pages in ID order
+	WorkspaceID string    // the workspace of the mutation
+	Actor       string    // from ContextWithActor; "" when none was given
+	Event       string    // one of the Event* constants
+	KeyID       string    // the targets; "" when not applicable
+	IdentityID  string    // the identity; on key events, the owner the key got (create, link) or had (delete)
+	RoleID      string    // set on role events only
+	CreatedAt   time.Time // time of the mutation by the Store's clock, UTC
 }
 
 type actorKey struct{}

@@ -66,8 +66,8 @@ var retryableErrors = map[uint16]string{
 // retryable error. It matches [ErrRetriesExhausted] and unwraps to the last
 // cause, so IsDeadlock(err) still answers for it.
 type RetryError struct {
-	Attempts int
-	Err      error
+	Attempts int   // attempts made, the first included
+	Err      error // the last attempt's error
 }
 
 func (e *RetryError) Error() string {
@@ -78,7 +78,9 @@ func (e *RetryError) Unwrap() []error { return []error{ErrRetriesExhausted, e.Er
 // AmbiguousCommitError is returned when the connection failed after COMMIT
 // was sent: the transaction may or may not have been applied. It matches
 // [ErrAmbiguousCommit] and unwraps to the connection error.
-type AmbiguousCommitError struct{ Err error }
+type AmbiguousCommitError struct {
+	Err error // the error that left the outcome unknown
+}
 
 func (e *AmbiguousCommitError) Error() string {
 	return fmt.Sprintf("keystore: commit outcome unknown: %v", e.Err)

@@ -28,7 +28,7 @@ var (
 // It matches ErrInvalidInput with errors.Is.
 type ValidationError struct {
 	Field  string // e.g. "Ratelimits[2].Name"
-	Reason string
+	Reason string // what is wrong, e.g. "must not be empty"
 }
 
 func (e *ValidationError) Error() string {

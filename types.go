@@ -6,14 +6,14 @@ import "time"
 type RefillInterval string
 
 const (
-	RefillDaily   RefillInterval = "daily"
-	RefillMonthly RefillInterval = "monthly"
+	RefillDaily   RefillInterval = "daily"   // at 00:00 UTC every day, by the Store's clock
+	RefillMonthly RefillInterval = "monthly" // at 00:00 UTC on Refill.Day of every month
 )
 
 // Credits limits how many times a key can be used. A nil *Credits means
 // unlimited.
 type Credits struct {
-	Remaining int64
+	Remaining int64   // credits left, never negative; a read counts a refill that is due
 	Refill    *Refill // nil: never refilled
 }
 
@@ -22,9 +22,9 @@ type Credits struct {
 // day of the month of a monthly refill, clamped to the month's last day; a
 // daily refill must leave it 0.
 type Refill struct {
-	Interval RefillInterval
-	Amount   int64
-	Day      int
+	Interval RefillInterval // RefillDaily or RefillMonthly
+	Amount   int64          // what Remaining is set to; at least 1
+	Day      int            // 1..31 for RefillMonthly, 0 for RefillDaily
 }
 
 // Ratelimit is a named limit of Limit requests per Duration attached to a
@@ -32,39 +32,39 @@ type Refill struct {
 // at least a second and stored in milliseconds: a finer one is invalid
 // input rather than silently cut.
 type Ratelimit struct {
-	Name      string
-	Limit     int64
-	Duration  time.Duration
-	AutoApply bool
+	Name      string        // 1..128 characters, not ending in a space; unique within a set
+	Limit     int64         // requests allowed per Duration; at least 1
+	Duration  time.Duration // the window: at least a second, in whole milliseconds
+	AutoApply bool          // stored and returned as given; the library does not act on it
 }
 
 // CreateKeyRequest describes a key to create. WorkspaceID and KeySpaceID are
 // required; every other field is optional.
 type CreateKeyRequest struct {
-	WorkspaceID string
-	KeySpaceID  string
-	Prefix      string // at most 16 of [A-Za-z0-9_]; the key starts with Prefix + "_"
+	WorkspaceID string // 1..255 characters, not ending in a space
+	KeySpaceID  string // 1..255 characters, not ending in a space
+	Prefix      string // at most 16 of [A-Za-z0-9_]; if set, the key starts with Prefix + "_"
 	ByteLength  int    // random bytes in the key: 0 means 16, otherwise 16..255
 	ExternalID  string // owner; its identity is found or created atomically
-	Name        string
+	Name        string // at most 255 characters; "" for none
 	// Meta is stored as JSON and read back as encoding/json decodes it
 	// into a map[string]any (numbers as float64). It must read back
 	// exactly: at most 100 entries, 64 KiB encoded and 100 levels deep,
 	// with valid UTF-8 keys and strings and numbers a float64 holds.
 	Meta        map[string]any
-	Expires     *time.Time
-	Credits     *Credits
-	Ratelimits  []Ratelimit
-	Permissions []string // slugs; missing ones are created
-	Roles       []string // names; each must already exist
-	Disabled    bool     // create the key disabled
+	Expires     *time.Time  // nil: never expires; must not be in the past
+	Credits     *Credits    // nil: unlimited
+	Ratelimits  []Ratelimit // at most 50, names unique
+	Permissions []string    // slugs; missing ones are created
+	Roles       []string    // names; each must already exist
+	Disabled    bool        // create the key disabled
 }
 
 // CreatedKey is the result of CreateKey. Key is the plaintext, returned only
 // here: the store keeps a SHA-256 hash of it.
 type CreatedKey struct {
-	KeyID      string
-	Key        string
+	KeyID      string // the id GetKey, UpdateKey and DeleteKey take
+	Key        string // the plaintext
 	IdentityID string // "" when the request had no ExternalID
 }
 
@@ -72,75 +72,75 @@ type CreatedKey struct {
 // they are. Ratelimits, Permissions and Roles replace the whole set; for
 // them Null and Set of an empty slice both clear.
 type UpdateKeyRequest struct {
-	WorkspaceID string
-	KeyID       string
-	Name        Field[string]
-	ExternalID  Field[string] // Set links the found-or-created identity; Null unlinks
-	Meta        Field[map[string]any]
-	Expires     Field[time.Time]
-	Credits     Field[Credits] // Null means unlimited
-	Ratelimits  Field[[]Ratelimit]
-	Permissions Field[[]string] // the direct permissions; those of roles stay
-	Roles       Field[[]string]
-	Enabled     Field[bool] // Null is invalid
+	WorkspaceID string                // required: the key's workspace
+	KeyID       string                // required: CreatedKey.KeyID
+	Name        Field[string]         // Set a non-empty name of at most 255 characters; Null clears
+	ExternalID  Field[string]         // Set links the found-or-created identity; Null unlinks
+	Meta        Field[map[string]any] // Set replaces the whole map (limits as on create); Null clears
+	Expires     Field[time.Time]      // Set must not be in the past; Null: never expires
+	Credits     Field[Credits]        // Null means unlimited
+	Ratelimits  Field[[]Ratelimit]    // limits as on create
+	Permissions Field[[]string]       // the direct permissions; those of roles stay
+	Roles       Field[[]string]       // names; each must already exist
+	Enabled     Field[bool]           // Null is invalid
 }
 
 // Key is a stored key, without its secret.
 type Key struct {
-	ID          string
-	WorkspaceID string
-	KeySpaceID  string
-	Start       string // the first characters of the plaintext, safe to show
-	Name        string
-	IdentityID  string // "" when the key has no owner
-	ExternalID  string
-	Meta        map[string]any
-	Expires     *time.Time
-	Credits     *Credits // nil: unlimited
-	Ratelimits  []Ratelimit
+	ID          string         // CreatedKey.KeyID
+	WorkspaceID string         // as created
+	KeySpaceID  string         // as created
+	Start       string         // the first characters of the plaintext, safe to show
+	Name        string         // "" when none
+	IdentityID  string         // "" when the key has no owner
+	ExternalID  string         // the owner's; "" when the key has no owner
+	Meta        map[string]any // nil when none; numbers read back as float64
+	Expires     *time.Time     // nil: never expires
+	Credits     *Credits       // nil: unlimited
+	Ratelimits  []Ratelimit    // sorted by name
 	// Permissions is the merged set: the key's direct permissions and those
 	// of its roles, sorted, without duplicates. UpdateKeyRequest.Permissions
 	// replaces only the direct ones.
 	Permissions []string
-	Roles       []string // sorted
-	Enabled     bool
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
+	Roles       []string  // sorted
+	Enabled     bool      // false: VerifyKey answers CodeDisabled
+	CreatedAt   time.Time // UTC, to the microsecond, by the Store's clock
+	UpdatedAt   time.Time // last change by UpdateKey or to one of its roles; VerifyKey leaves it
 }
 
 // Identity is the owner of keys, named by the caller's ExternalID, unique
 // among live identities of a workspace.
 type Identity struct {
-	ID          string
-	WorkspaceID string
-	ExternalID  string
-	Meta        map[string]any
-	Ratelimits  []Ratelimit // sorted by name; returned by VerifyKey with the key's
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
+	ID          string         // made by keystore; an identity created again gets a new one
+	WorkspaceID string         // as given
+	ExternalID  string         // the caller's id of the owner
+	Meta        map[string]any // nil when none; returned by VerifyKey as IdentityMeta
+	Ratelimits  []Ratelimit    // sorted by name; returned by VerifyKey with the key's
+	CreatedAt   time.Time      // UTC, to the microsecond, by the Store's clock
+	UpdatedAt   time.Time      // last UpdateIdentity; CreatedAt until then
 }
 
 // UpdateIdentityRequest changes the Present fields of the live identity of
 // ExternalID. Ratelimits replaces the whole set.
 type UpdateIdentityRequest struct {
-	WorkspaceID string
-	ExternalID  string
-	Meta        Field[map[string]any]
-	Ratelimits  Field[[]Ratelimit]
+	WorkspaceID string                // required
+	ExternalID  string                // required: names the live identity; never creates one
+	Meta        Field[map[string]any] // Set replaces the whole map (limits as CreateKeyRequest.Meta); Null clears
+	Ratelimits  Field[[]Ratelimit]    // Null or Set of an empty slice clears; limits as on keys
 }
 
 // Role is a named set of permissions that keys can hold.
 type Role struct {
-	ID          string
-	WorkspaceID string
-	Name        string
-	Permissions []string // sorted
-	CreatedAt   time.Time
+	ID          string    // made by keystore; a role created again after DeleteRole gets a new one
+	WorkspaceID string    // as given
+	Name        string    // unique in the workspace; 1..255 characters, not ending in a space
+	Permissions []string  // sorted
+	CreatedAt   time.Time // UTC; CreateRole on an existing role leaves it
 }
 
 // Page is one page of a listing, in a stable order (creation order).
 type Page[T any] struct {
-	Items []T
+	Items []T // at most the request's page size
 	// NextCursor, passed as the next request's Cursor, continues the
 	// listing; it is "" on the last page.
 	NextCursor string
@@ -155,27 +155,27 @@ const (
 // ListKeysRequest lists the live keys of a key space, or of an identity when
 // ExternalID is set (then KeySpaceID may be empty, to list all its keys).
 type ListKeysRequest struct {
-	WorkspaceID string
-	KeySpaceID  string
-	ExternalID  string
+	WorkspaceID string // required
+	KeySpaceID  string // required unless ExternalID is set
+	ExternalID  string // "" or an owner: only the keys of its live identity
 	Cursor      string // "" for the first page
 	Limit       int    // 0 means DefaultPageSize; at most MaxPageSize
 }
 
 // ListIdentitiesRequest lists the live identities of a workspace.
 type ListIdentitiesRequest struct {
-	WorkspaceID string
-	Cursor      string
-	Limit       int
+	WorkspaceID string // required
+	Cursor      string // "" for the first page
+	Limit       int    // 0 means DefaultPageSize; at most MaxPageSize
 }
 
 // ListAuditEventsRequest lists the audit events of a workspace, oldest
 // first, optionally only those about one key, identity or role.
 type ListAuditEventsRequest struct {
-	WorkspaceID string
-	KeyID       string
-	IdentityID  string
-	RoleID      string
-	Cursor      string
-	Limit       int
+	WorkspaceID string // required
+	KeyID       string // "" or a key id: only events naming that key
+	IdentityID  string // "" or an identity id: only events naming that identity
+	RoleID      string // "" or a role id: only events naming that role
+	Cursor      string // "" for the first page
+	Limit       int    // 0 means DefaultPageSize; at most MaxPageSize
 }

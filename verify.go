@@ -34,32 +34,32 @@ type VerifyKeyRequest struct {
 type VerificationCode string
 
 const (
-	CodeValid         VerificationCode = "VALID"
-	CodeNotFound      VerificationCode = "NOT_FOUND" // unknown, deleted, or of another key space
-	CodeExpired       VerificationCode = "EXPIRED"
-	CodeDisabled      VerificationCode = "DISABLED"
+	CodeValid         VerificationCode = "VALID"          // enabled and unexpired; Cost spent unless unlimited or NoSpend
+	CodeNotFound      VerificationCode = "NOT_FOUND"      // unknown, deleted, of another key space, or of another WorkspaceID
+	CodeExpired       VerificationCode = "EXPIRED"        // Expires is not after the Store's clock
+	CodeDisabled      VerificationCode = "DISABLED"       // the key is disabled; comes before CodeExpired
 	CodeUsageExceeded VerificationCode = "USAGE_EXCEEDED" // fewer credits left than Cost; nothing spent
 )
 
 // Verification is the answer of VerifyKey. Everything but Valid and Code is
 // empty when Code is CodeNotFound.
 type Verification struct {
-	Valid       bool
-	Code        VerificationCode
-	KeyID       string
-	WorkspaceID string
-	IdentityID  string
-	ExternalID  string
+	Valid       bool             // true exactly when Code is CodeValid
+	Code        VerificationCode // why the key is valid or not
+	KeyID       string           // the key's id
+	WorkspaceID string           // the key's workspace
+	IdentityID  string           // the owner's identity; "" when the key has no owner
+	ExternalID  string           // the owner's ExternalID; "" when the key has no owner
 	// Remaining is the credits left after this verification (nil:
 	// unlimited). With CodeUsageExceeded it is what is left, less than Cost.
 	Remaining          *int64
-	Expires            *time.Time
-	Permissions        []string // merged: direct and through roles, sorted
-	Roles              []string
-	Ratelimits         []Ratelimit // the key's
-	IdentityRatelimits []Ratelimit // the owner's
-	Meta               map[string]any
-	IdentityMeta       map[string]any
+	Expires            *time.Time     // nil: never expires
+	Permissions        []string       // merged: direct and through roles, sorted
+	Roles              []string       // sorted
+	Ratelimits         []Ratelimit    // the key's
+	IdentityRatelimits []Ratelimit    // the owner's
+	Meta               map[string]any // the key's; nil when none
+	IdentityMeta       map[string]any // the owner's; nil when none or without owner
 }
 
 // Largest key VerifyKey accepts: a 16-character prefix, "_" and 255 random
