@@ -282,7 +282,7 @@ func validateRatelimits(field string, rls []Ratelimit) error {
 }
 
 // validatePermissions checks at most 1000 slugs, each 1..128 characters of
-// [A-Za-z0-9_:.*-]. Duplicate slugs are allowed: the store dedupes them.
+// [A-Za-z0-9_:.*/-]. Duplicate slugs are allowed: the store dedupes them.
 func validatePermissions(field string, slugs []string) error {
 	if len(slugs) > limitPermissions {
 		return invalid(field, "must have at most %d entries", limitPermissions)
@@ -294,7 +294,7 @@ func validatePermissions(field string, slugs []string) error {
 		}
 		for j := 0; j < len(s); j++ {
 			if !isSlugByte(s[j]) {
-				return invalid(name, "must match [A-Za-z0-9_:.*-]")
+				return invalid(name, "must match [A-Za-z0-9_:.*/-]")
 			}
 		}
 	}
@@ -324,7 +324,7 @@ func isSlugByte(c byte) bool {
 		return true
 	}
 	switch c {
-	case ':', '.', '*', '-':
+	case ':', '.', '*', '-', '/':
 		return true
 	}
 	return false

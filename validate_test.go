@@ -264,7 +264,8 @@ func TestValidateCreateKey(t *testing.T) {
 			r.Permissions = []string{"azAZ09_:.*-"}
 		}, ""},
 		{"permission space", func(r *CreateKeyRequest) { r.Permissions[4] = "api read" }, "Permissions[4]"},
-		{"permission slash", func(r *CreateKeyRequest) { r.Permissions[1] = "api/read" }, "Permissions[1]"},
+		{"permission slash", func(r *CreateKeyRequest) { r.Permissions[1] = "api/read" }, ""}, // "/" may appear in a permission query too
+		{"permission backslash", func(r *CreateKeyRequest) { r.Permissions[1] = `api\\read` }, "Permissions[1]"},
 		{"permission quote", func(r *CreateKeyRequest) { r.Permissions[1] = "api'--" }, "Permissions[1]"},
 		{"permission non-ascii", func(r *CreateKeyRequest) { r.Permissions[2] = "lé" }, "Permissions[2]"},
 		{"permission invalid utf8", func(r *CreateKeyRequest) { r.Permissions[2] = "\xff" }, "Permissions[2]"},
