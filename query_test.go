@@ -25,7 +25,7 @@ func TestMatchPermissions(t *testing.T) {
 		{"d Or e", false},
 		{"a AnD b aNd c:*", true},
 		// AND binds tighter than OR.
-		{"d AND a OR b", true},  // (d AND a) OR b
+		{"d AND a OR b", true}, // (d AND a) OR b
 		{"d AND (a OR b)", false},
 		{"a OR d AND e", true}, // a OR (d AND e)
 		{"(a OR d) AND e", false},
