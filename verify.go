@@ -28,6 +28,12 @@ type VerifyKeyRequest struct {
 	Cost int64
 	// NoSpend verifies without spending or checking credits.
 	NoSpend bool
+	// Permissions is a permission query the key must satisfy; "" checks
+	// nothing. Names of letters, digits and . _ - : * / ("*" is literal)
+	// joined by AND and OR (any letter case), with parentheses; AND binds
+	// tighter than OR; at most 1000 characters. It is evaluated against
+	// the key's merged permissions (direct and through roles).
+	Permissions string
 }
 
 // VerificationCode says why a verification is valid or not.
@@ -39,6 +45,9 @@ const (
 	CodeExpired       VerificationCode = "EXPIRED"        // Expires is not after the Store's clock
 	CodeDisabled      VerificationCode = "DISABLED"       // the key is disabled; comes before CodeExpired
 	CodeUsageExceeded VerificationCode = "USAGE_EXCEEDED" // fewer credits left than Cost; nothing spent
+	// CodeInsufficientPermissions: the key does not satisfy the request's
+	// permission query; nothing spent.
+	CodeInsufficientPermissions VerificationCode = "INSUFFICIENT_PERMISSIONS"
 )
 
 // Verification is the answer of VerifyKey. Everything but Valid and Code is
@@ -81,10 +90,16 @@ const maxKeyBytes = 512
 // day, by the Store's clock) is applied by the same UPDATE, so it happens at
 // most once per period.
 //
+// The checks come in this order, and the first that fails gives the code:
+// CodeNotFound, CodeDisabled, CodeExpired, CodeInsufficientPermissions
+// (req.Permissions), CodeUsageExceeded. A verification that is not valid
+// spends nothing.
+//
 // An invalid key is an answer, not an error: unknown, deleted,
 // other-key-space and other-workspace keys give CodeNotFound with a nil
 // error. Errors: ErrInvalidInput for a malformed request (empty or
-// oversized key, negative cost); ErrRetriesExhausted when the spend kept failing with retryable
+// oversized key, negative cost, malformed permission query: then nothing is
+// read); ErrRetriesExhausted when the spend kept failing with retryable
 // errors or kept meeting changed credits; otherwise a database error.
 func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verification, error) {
 	if err := req.validate(); err != nil {
@@ -117,17 +132,17 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 	if row.DeletedAt.Valid || row.KeySpaceID != req.KeySpaceID || req.WorkspaceID != "" && row.WorkspaceID != req.WorkspaceID {
 		return Verification{Code: CodeNotFound}, nil
 	}
-	v := row.verification(now)
+	v := row.judge(req, now)
 	if v.Code != CodeValid || v.Remaining == nil || req.NoSpend {
 		return v, nil
 	}
-	return s.spend(ctx, row, cost, now)
+	return s.spend(ctx, req, row, cost, now)
 }
 
 // passes reports whether the key read as r would verify for req: valid, and
 // with enough credits unless it has none or req spends none.
 func (r verifyRow) passes(req VerifyKeyRequest, cost int64, now time.Time) bool {
-	v := r.verification(now)
+	v := r.judge(req, now)
 	return v.Code == CodeValid && (v.Remaining == nil || req.NoSpend || *v.Remaining >= cost)
 }
 
@@ -149,6 +164,11 @@ func (r *VerifyKeyRequest) validate() error {
 	if r.Cost < 0 {
 		return invalid("Cost", "must not be negative (use NoSpend to verify without spending)")
 	}
+	if r.Permissions != "" {
+		if _, err := matchPermissions("Permissions", r.Permissions, nil); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -161,14 +181,14 @@ func (r *VerifyKeyRequest) validate() error {
 // An UPDATE that failed with a retryable error (a lock-wait timeout, a
 // Galera conflict with a spend on another node) is tried again after the
 // Store's backoff. Either way the Store's MaxAttempts bounds the UPDATEs.
-func (s *Store) spend(ctx context.Context, row verifyRow, cost int64, now time.Time) (Verification, error) {
+func (s *Store) spend(ctx context.Context, req VerifyKeyRequest, row verifyRow, cost int64, now time.Time) (Verification, error) {
 	if err := s.session.verify(ctx, s.db); err != nil {
 		return Verification{}, err
 	}
 	cfg := &s.retryConfig
 	var lastErr error
 	for attempt := 1; ; attempt++ {
-		v := row.verification(now)
+		v := row.judge(req, now)
 		if v.Code != CodeValid || v.Remaining == nil {
 			return v, nil
 		}
@@ -274,6 +294,18 @@ func (r verifyRow) verification(now time.Time) Verification {
 		v.Valid, v.Code = false, CodeDisabled
 	case k.Expires != nil && !k.Expires.After(now):
 		v.Valid, v.Code = false, CodeExpired
+	}
+	return v
+}
+
+// judge is the answer for the key read as r, before any spending, in the
+// order of the checks: disabled, expired, then req's permission query.
+func (r verifyRow) judge(req VerifyKeyRequest, now time.Time) Verification {
+	v := r.verification(now)
+	if v.Code == CodeValid && req.Permissions != "" {
+		if ok, _ := matchPermissions("Permissions", req.Permissions, v.Permissions); !ok { // validated already
+			v.Valid, v.Code = false, CodeInsufficientPermissions
+		}
 	}
 	return v
 }

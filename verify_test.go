@@ -389,3 +389,62 @@ func TestCloseReleasesPreparedStatements(t *testing.T) {
 	}
 	verify(t, s, c.Key, 1) // prepares again
 }
+
+// VerifyKey's permission query is evaluated against the key's merged
+// permissions (direct and through roles); a key that does not satisfy it is
+// INSUFFICIENT_PERMISSIONS and spends nothing; a malformed query is invalid
+// input and reads nothing.
+func TestVerifyKeyPermissionQuery(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	createRole(t, db, "ws", "editor", "docs.write", "docs/admin")
+	c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+		Permissions: []string{"docs.read", "billing:*"}, Roles: []string{"editor"}, Credits: &keystore.Credits{Remaining: 100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	disabled, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Disabled: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		query string
+		want  keystore.VerificationCode
+	}{
+		{"", keystore.CodeValid},
+		{"docs.read", keystore.CodeValid},
+		{"docs.write AND docs/admin", keystore.CodeValid}, // through the role
+		{"billing:*", keystore.CodeValid},
+		{"billing:read", keystore.CodeInsufficientPermissions}, // * is literal
+		{"docs.delete", keystore.CodeInsufficientPermissions},
+		{"docs.delete OR docs.read AND billing:*", keystore.CodeValid},
+		{"(docs.delete OR docs.read) and nothing", keystore.CodeInsufficientPermissions},
+	}
+	valid := 0
+	for _, c2 := range cases {
+		v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: c.Key, Permissions: c2.query})
+		if err != nil || v.Code != c2.want || v.Valid != (c2.want == keystore.CodeValid) {
+			t.Errorf("%q: %s, %v; want %s", c2.query, v.Code, err, c2.want)
+		}
+		if v.Valid {
+			valid++
+		}
+	}
+	if n := count(t, db, `SELECT remaining FROM keystore_keys WHERE id = ?`, c.KeyID); n != 100-valid {
+		t.Errorf("%d credits left after %d valid verifications of 100: an insufficient one spent", n, valid)
+	}
+	// Disabled comes before permissions.
+	if v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: disabled.Key, Permissions: "x"}); err != nil || v.Code != keystore.CodeDisabled {
+		t.Errorf("disabled key with a failing query: %s, %v", v.Code, err)
+	}
+	for _, q := range []string{"docs.read AND", "(docs.read", "docs read", "NOT docs.read", strings.Repeat("a OR ", 200) + "a"} {
+		_, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: c.Key, Permissions: q})
+		var ve *keystore.ValidationError
+		if !errors.As(err, &ve) || ve.Field != "Permissions" {
+			t.Errorf("%.30q: %v, want a ValidationError naming Permissions", q, err)
+		}
+	}
+	if n := count(t, db, `SELECT remaining FROM keystore_keys WHERE id = ?`, c.KeyID); n != 100-valid {
+		t.Errorf("a malformed query spent credits: %d left", n)
+	}
+}
