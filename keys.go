@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -387,6 +388,8 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 		return Key{}, err
 	}
 	roles := sortedUnique(valueOrZero(req.Roles))
+	deltas := linkDeltas{addPermissions: sortedUnique(req.AddPermissions), removePermissions: sortedUnique(req.RemovePermissions),
+		addRoles: sortedUnique(req.AddRoles), removeRoles: sortedUnique(req.RemoveRoles)}
 	ext, linking := req.ExternalID.Value()
 	var release func() // non-nil while this call holds the Store's claim on the owner
 	if linking {
@@ -403,18 +406,30 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 		// CreateRole and DeleteRole lock a role, then the keys that hold
 		// it, and taking the locks in the other order deadlocked with them
 		// (TestUpdateKeyRolesRacingCreateRole).
-		if err := lockRoles(ctx, tx, req.WorkspaceID, roles); err != nil {
+		found, err := lockRoles(ctx, tx, req.WorkspaceID, sortedUnique(slices.Concat(roles, deltas.addRoles, deltas.removeRoles)))
+		if err != nil {
 			return Key{}, err
 		}
-		// A change of links locks the key row first, so that concurrent
-		// link changes of one key do not interleave. Any other update is
-		// locked by its UPDATE.
-		linksChange := req.Permissions.Present() || req.Roles.Present()
+		if err := missingRoles(slices.Concat(deltas.addRoles, deltas.removeRoles), found); err != nil {
+			return Key{}, err
+		}
+		// A change of links or credits locks the key row first, so that
+		// concurrent changes of one key do not interleave and each sees
+		// the last one's result. Any other update is locked by its UPDATE.
+		linksChange := req.Permissions.Present() || req.Roles.Present() || !deltas.empty()
 		sets, args := update.assignments(), update.values()
-		if linksChange {
+		if req.AddCredits != 0 {
+			credits, err := lockKeyCredits(ctx, tx, req.WorkspaceID, req.KeyID, req.AddCredits, now)
+			if err != nil {
+				return Key{}, err
+			}
+			sets, args = append(sets, credits.assignments()...), append(args, credits.values()...)
+		} else if linksChange {
 			if err := lockKey(ctx, tx, req.WorkspaceID, req.KeyID); err != nil {
 				return Key{}, err
 			}
+		}
+		if linksChange {
 			sets = append(sets, setsFromLinks) // computed after the links below change
 		}
 		events := []audit{{event: EventKeyUpdate, keyID: req.KeyID}}
@@ -452,6 +467,9 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 				return Key{}, err
 			}
 		}
+		if err := deltas.apply(ctx, tx, now, req.WorkspaceID, req.KeyID); err != nil {
+			return Key{}, err
+		}
 		if linksChange {
 			if err := liftAggregateLimit(ctx, tx); err != nil {
 				return Key{}, err
@@ -478,6 +496,41 @@ func (s *Store) UpdateKey(ctx context.Context, req UpdateKeyRequest) (Key, error
 		s.hints.add(req.WorkspaceID, ext, owner)
 	}
 	return key, err
+}
+
+// lockKeyCredits takes the exclusive lock on a live key of workspaceID and
+// returns the columns that add delta to its credits as they stand at now
+// (a due refill applied first; the balance stays within 0..MaxInt64). It
+// returns an error matching ErrNotFound for a missing key and
+// ErrInvalidInput naming AddCredits for a key without credits.
+func lockKeyCredits(ctx context.Context, tx *sqlx.Tx, workspaceID, keyID string, delta int64, now time.Time) (columns, error) {
+	var row keyRow
+	err := tx.GetContext(ctx, &row, `SELECT remaining, refill_interval, refill_amount, refill_day, refilled_at
+		FROM keystore_keys WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL FOR UPDATE`, keyID, workspaceID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("keystore: key %q: %w", keyID, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("keystore: lock key: %w", err)
+	}
+	if !row.Remaining.Valid {
+		return nil, invalid("AddCredits", "the key has no credits (it is unlimited); set Credits instead")
+	}
+	state := row.state()
+	balance := state.balance(now)
+	switch {
+	case delta > 0 && balance > math.MaxInt64-delta:
+		balance = math.MaxInt64
+	case delta < 0 && balance < -delta:
+		balance = 0
+	default:
+		balance += delta
+	}
+	cols := columns{{"remaining", balance}}
+	if start := state.periodStart(now); state.interval != "" && state.refilledAt.Before(start) {
+		cols = append(cols, column{"refilled_at", utc(start)}) // the due refill, applied
+	}
+	return cols, nil
 }
 
 // lockKey takes the exclusive lock on a live key of workspaceID, or returns

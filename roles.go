@@ -202,18 +202,20 @@ func validateRoleRef(workspaceID, name string) error {
 }
 
 // lockRoles takes shared locks on the roles named (sorted, unique) through
-// their primary key, in name order, like every lock on a role. Missing roles
-// are left for linkRoles to report.
-func lockRoles(ctx context.Context, tx *sqlx.Tx, workspaceID string, names []string) error {
+// their primary key, in name order, like every lock on a role, and returns
+// the names it found (a locking read: it fixes no snapshot). Missing roles
+// are left for the caller to report.
+func lockRoles(ctx context.Context, tx *sqlx.Tx, workspaceID string, names []string) ([]string, error) {
 	if len(names) == 0 {
-		return nil
+		return nil, nil
 	}
-	_, err := tx.ExecContext(ctx, `SELECT id FROM keystore_roles WHERE workspace_id = ? AND name IN (`+
+	var found []string
+	err := tx.SelectContext(ctx, &found, `SELECT name FROM keystore_roles WHERE workspace_id = ? AND name IN (`+
 		placeholders(len(names))+`) ORDER BY name LOCK IN SHARE MODE`, append([]any{workspaceID}, anys(names)...)...)
 	if err != nil {
-		return fmt.Errorf("keystore: lock roles: %w", err)
+		return nil, fmt.Errorf("keystore: lock roles: %w", err)
 	}
-	return nil
+	return found, nil
 }
 
 // linkRoles links keyID to the roles named (sorted, unique). Roles are not
@@ -234,6 +236,15 @@ func linkRoles(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string, name
 		placeholders(len(names))+`)`, append([]any{workspaceID}, anys(names)...)...); err != nil {
 		return fmt.Errorf("keystore: link roles: %w", err)
 	}
+	return missingRoles(names, found)
+}
+
+// missingRoles returns an error matching ErrNotFound that names the roles
+// of names that are not among found, or nil when all are.
+func missingRoles(names, found []string) error {
 	missing := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return slices.Contains(found, n) })
+	if len(missing) == 0 {
+		return nil
+	}
 	return fmt.Errorf("keystore: roles %q: %w", missing, ErrNotFound)
 }

@@ -173,3 +173,68 @@ func anys(values []string) []any {
 	}
 	return out
 }
+
+// linkDeltas are the permissions and roles UpdateKey adds to and takes from
+// a key without replacing its sets; each list is sorted and unique.
+type linkDeltas struct {
+	addPermissions, removePermissions, addRoles, removeRoles []string
+}
+
+func (d linkDeltas) empty() bool {
+	return len(d.addPermissions)+len(d.removePermissions)+len(d.addRoles)+len(d.removeRoles) == 0
+}
+
+// apply changes keyID's links; the caller holds the key's lock and shared
+// locks on the roles named, has made sure they exist, and recomputes the
+// key's sets afterwards. Permissions to add are created when missing, as in
+// CreateKey; a link that exists already is kept.
+func (d linkDeltas) apply(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID, keyID string) error {
+	if len(d.addPermissions) > 0 {
+		if err := ensurePermissions(ctx, tx, now, workspaceID, d.addPermissions); err != nil {
+			return err
+		}
+		if _, err := addLinks(ctx, tx, "keystore_key_permissions", "permission_id", "keystore_permissions", "slug",
+			keyID, workspaceID, d.addPermissions); err != nil {
+			return fmt.Errorf("keystore: add permissions: %w", err)
+		}
+	}
+	if err := removeLinks(ctx, tx, "keystore_key_permissions", "permission_id", "keystore_permissions", "slug",
+		keyID, workspaceID, d.removePermissions); err != nil {
+		return fmt.Errorf("keystore: remove permissions: %w", err)
+	}
+	if len(d.addRoles) > 0 {
+		if _, err := addLinks(ctx, tx, "keystore_key_roles", "role_id", "keystore_roles", "name",
+			keyID, workspaceID, d.addRoles); err != nil {
+			return fmt.Errorf("keystore: add roles: %w", err)
+		}
+	}
+	if err := removeLinks(ctx, tx, "keystore_key_roles", "role_id", "keystore_roles", "name",
+		keyID, workspaceID, d.removeRoles); err != nil {
+		return fmt.Errorf("keystore: remove roles: %w", err)
+	}
+	return nil
+}
+
+// addLinks is linkByName keeping the links that exist already.
+func addLinks(ctx context.Context, tx *sqlx.Tx, table, column, source, nameColumn, keyID, workspaceID string, names []string) (int64, error) {
+	res, err := tx.ExecContext(ctx, `INSERT IGNORE INTO `+table+` (key_id, `+column+`)
+		SELECT ?, id FROM `+source+` WHERE workspace_id = ? AND `+nameColumn+` IN (`+placeholders(len(names))+`)
+		LOCK IN SHARE MODE`, append([]any{keyID, workspaceID}, anys(names)...)...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// removeLinks deletes keyID's links to the rows of source in workspaceID
+// whose nameColumn is one of names. The table and column names are
+// constants of the callers, never input.
+func removeLinks(ctx context.Context, tx *sqlx.Tx, table, column, source, nameColumn, keyID, workspaceID string, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	_, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE key_id = ? AND `+column+` IN (
+		SELECT id FROM `+source+` WHERE workspace_id = ? AND `+nameColumn+` IN (`+placeholders(len(names))+`))`,
+		append([]any{keyID, workspaceID}, anys(names)...)...)
+	return err
+}

@@ -83,6 +83,19 @@ type UpdateKeyRequest struct {
 	Permissions Field[[]string]       // the direct permissions; those of roles stay
 	Roles       Field[[]string]       // names; each must already exist
 	Enabled     Field[bool]           // Null is invalid
+
+	// Deltas, applied under the key's lock, so that concurrent ones all
+	// take effect whatever their order. Each list may not be combined with
+	// the Field that replaces its whole set, nor name an entry its
+	// counterpart names.
+	AddPermissions    []string // slugs to add; missing ones are created
+	RemovePermissions []string // slugs to take away; ones the key lacks are ignored
+	AddRoles          []string // role names to add; each must exist
+	RemoveRoles       []string // role names to take away; each must exist
+	// AddCredits > 0 adds credits, < 0 takes them away, stopping at 0 (a
+	// refill that is due is applied first). The key must have credits, and
+	// Credits must not be given too.
+	AddCredits int64
 }
 
 // Key is a stored key, without its secret.

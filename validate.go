@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -129,6 +130,41 @@ func (r *UpdateKeyRequest) validate(now time.Time) error {
 	}
 	if r.Enabled.IsNull() {
 		return invalid("Enabled", "must not be null (use Set(true) or Set(false))")
+	}
+	if err := validateDeltas(r.Permissions.Present(), "Permissions", r.AddPermissions, r.RemovePermissions, validatePermissions); err != nil {
+		return err
+	}
+	if err := validateDeltas(r.Roles.Present(), "Roles", r.AddRoles, r.RemoveRoles, validateRoles); err != nil {
+		return err
+	}
+	if r.AddCredits != 0 && r.Credits.Present() {
+		return invalid("AddCredits", "cannot be combined with Credits, which sets the balance")
+	}
+	return nil
+}
+
+// validateDeltas checks the Add and Remove lists of the set named field:
+// each as the set itself is checked, not with the whole set replaced too
+// (replacing is true), and no entry in both.
+func validateDeltas(replacing bool, field string, add, remove []string, check func(string, []string) error) error {
+	addField, removeField := "Add"+field, "Remove"+field
+	if replacing && len(add)+len(remove) > 0 {
+		name := addField
+		if len(add) == 0 {
+			name = removeField
+		}
+		return invalid(name, "cannot be combined with %s, which replaces the whole set", field)
+	}
+	if err := check(addField, add); err != nil {
+		return err
+	}
+	if err := check(removeField, remove); err != nil {
+		return err
+	}
+	for i, v := range remove {
+		if slices.Contains(add, v) {
+			return invalid(removeField+"["+strconv.Itoa(i)+"]", "%q is also in %s", v, addField)
+		}
 	}
 	return nil
 }
