@@ -15,6 +15,7 @@ const (
 	EventKeyCreate      = "key.create"
 	EventKeyUpdate      = "key.update"
 	EventKeyDelete      = "key.delete"
+	EventKeyReroll      = "key.reroll"
 	EventIdentityCreate = "identity.create"
 	EventIdentityUpdate = "identity.update"
 	EventIdentityDelete = "identity.delete"

@@ -639,6 +639,81 @@ func (s *Store) DeleteKey(ctx context.Context, workspaceID, keyID string) error 
 	return err
 }
 
+// RerollKey gives the key req.KeyID a new secret and returns its plaintext,
+// with the same prefix (read from the key's Start). The key keeps its id and
+// everything else: key space, owner, name, meta, expiry, permissions, roles,
+// ratelimits and its one credit balance. For req.Grace the old plaintext
+// still verifies, as the same key: the old and the new secret spend the same
+// credits, so together they never admit more than the key alone would.
+// After the grace the old plaintext is CodeNotFound; with no grace it is at
+// once. Each reroll writes a key.reroll audit event.
+//
+// Errors: ErrInvalidInput for a malformed request (a negative Grace);
+// ErrNotFound when the key does not exist, was deleted or belongs to
+// another workspace. Otherwise the errors of [WithRetryTx].
+func (s *Store) RerollKey(ctx context.Context, req RerollKeyRequest) (CreatedKey, error) {
+	if err := validateID("WorkspaceID", req.WorkspaceID, limitIDChars); err != nil {
+		return CreatedKey{}, err
+	}
+	if err := validateRefID("KeyID", req.KeyID); err != nil {
+		return CreatedKey{}, err
+	}
+	if req.Grace < 0 {
+		return CreatedKey{}, invalid("Grace", "must not be negative")
+	}
+	if err := validateByteLength("ByteLength", req.ByteLength); err != nil {
+		return CreatedKey{}, err
+	}
+	now := s.clock()
+	return tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (CreatedKey, error) {
+		var old struct {
+			Start      string         `db:"start"`
+			Hash       []byte         `db:"hash"`
+			IdentityID sql.NullString `db:"identity_id"`
+		}
+		err := tx.GetContext(ctx, &old, `SELECT start, hash, IF(owner_external_id IS NULL, NULL, identity_id) AS identity_id
+			FROM keystore_keys WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL FOR UPDATE`, req.KeyID, req.WorkspaceID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return CreatedKey{}, fmt.Errorf("keystore: key %q: %w", req.KeyID, ErrNotFound)
+		}
+		if err != nil {
+			return CreatedKey{}, fmt.Errorf("keystore: lock key: %w", err)
+		}
+		plaintext, start, hash := newSecret(prefixOf(old.Start), req.ByteLength)
+		if err := exec(ctx, tx, "forget expired old hashes", `DELETE FROM keystore_old_hashes
+			WHERE key_id = ? AND expires_at <= ?`, req.KeyID, utc(now)); err != nil {
+			return CreatedKey{}, err
+		}
+		if req.Grace > 0 {
+			if err := exec(ctx, tx, "keep the old hash", `INSERT INTO keystore_old_hashes (hash, key_id, expires_at)
+				VALUES (?, ?, ?)`, old.Hash, req.KeyID, utc(now.Add(req.Grace))); err != nil {
+				return CreatedKey{}, err
+			}
+		}
+		if err := exec(ctx, tx, "reroll key", `UPDATE keystore_keys SET hash = ?, start = ?, updated_at = ? WHERE id = ?`,
+			hash, start, utc(now), req.KeyID); err != nil {
+			return CreatedKey{}, err
+		}
+		err = s.writeTrail(ctx, tx, now, req.WorkspaceID,
+			audit{event: EventKeyReroll, keyID: req.KeyID, identityID: old.IdentityID.String})
+		return CreatedKey{KeyID: req.KeyID, Key: plaintext, IdentityID: old.IdentityID.String}, err
+	})
+}
+
+// prefixOf returns the prefix of a key whose Start is start: newSecret's
+// start is the prefix, "_" and 4 characters, or the 4 characters alone. A
+// start that is not of that shape (an imported key's) gives no prefix.
+func prefixOf(start string) string {
+	if len(start) <= 4 {
+		return ""
+	}
+	prefix, ok := strings.CutSuffix(start[:len(start)-4], "_")
+	if !ok || validatePrefix("Prefix", prefix) != nil {
+		return ""
+	}
+	return prefix
+}
+
 // GetKey returns the key keyID of workspaceID, read in one statement from
 // the replica if the Store has one (see [WithReplica]), else the primary. It returns an error matching ErrNotFound when the key does not
 // exist, was deleted, or belongs to another workspace, and ErrInvalidInput

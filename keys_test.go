@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -553,4 +555,99 @@ func TestMetaReadsBackExactly(t *testing.T) {
 		t.Fatal(err)
 	}
 	same("VerifyKey IdentityMeta", v.IdentityMeta)
+}
+
+// RerollKey: a new secret for the same key; during the grace period the old
+// one verifies too, drawing on the same credits; after it, or with no grace,
+// the old one is NOT_FOUND.
+func TestRerollKey(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2027, 3, 1, 12, 0, 0, 0, time.UTC)}
+	s, db := newStore(t, keystore.WithClock(clock.Now))
+	ctx := context.Background()
+	old, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Prefix: "sk_live",
+		ExternalID: "owner", Name: "ci", Permissions: []string{"docs.read"}, Credits: &keystore.Credits{Remaining: 300}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := s.GetKey(ctx, "ws", old.KeyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rerolled, err := s.RerollKey(ctx, keystore.RerollKeyRequest{WorkspaceID: "ws", KeyID: old.KeyID, Grace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rerolled.KeyID != old.KeyID || rerolled.IdentityID != old.IdentityID || rerolled.Key == old.Key ||
+		!strings.HasPrefix(rerolled.Key, "sk_live_") {
+		t.Fatalf("rerolled %+v from %+v", rerolled, old)
+	}
+	after, err := s.GetKey(ctx, "ws", old.KeyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Start != rerolled.Key[:len(after.Start)] || after.Name != "ci" || after.ExternalID != "owner" ||
+		!slices.Equal(after.Permissions, before.Permissions) {
+		t.Fatalf("after reroll: %+v", after)
+	}
+	// Both secrets spend the one balance: 300 credits, 600 verifications
+	// split between them, exactly 300 valid.
+	var valid atomic.Int64
+	failOnErrors(t, parallel(600, func(i int) error {
+		key := old.Key
+		if i%2 == 0 {
+			key = rerolled.Key
+		}
+		v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: key, Permissions: "docs.read"})
+		if v.Valid {
+			valid.Add(1)
+			if v.KeyID != old.KeyID {
+				return fmt.Errorf("verified as %q", v.KeyID)
+			}
+		}
+		return err
+	}))
+	if valid.Load() != 300 || count(t, db, `SELECT remaining FROM keystore_keys WHERE id = ?`, old.KeyID) != 0 {
+		t.Fatalf("%d valid of 600 on 300 shared credits", valid.Load())
+	}
+	if _, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: old.KeyID, AddCredits: 10}); err != nil {
+		t.Fatal(err)
+	}
+	code := func(key string) keystore.VerificationCode {
+		t.Helper()
+		v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.Code
+	}
+	clock.Add(time.Hour - time.Microsecond)
+	if c := code(old.Key); c != keystore.CodeValid {
+		t.Fatalf("old key just before the grace ends: %s", c)
+	}
+	clock.Add(time.Microsecond)
+	if c, n := code(old.Key), code(rerolled.Key); c != keystore.CodeNotFound || n != keystore.CodeValid {
+		t.Fatalf("after the grace: old %s, new %s", c, n)
+	}
+	// No grace: the old secret stops at once; a second reroll also forgets
+	// the expired old hash.
+	again, err := s.RerollKey(ctx, keystore.RerollKeyRequest{WorkspaceID: "ws", KeyID: old.KeyID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, n := code(rerolled.Key), code(again.Key); c != keystore.CodeNotFound || n != keystore.CodeValid {
+		t.Fatalf("reroll without grace: old %s, new %s", c, n)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_old_hashes`); n != 0 {
+		t.Fatalf("%d old hashes kept", n)
+	}
+	if got := events(t, db, "ws"); !slices.Equal(got[len(got)-3:], []string{"key.reroll", "key.update", "key.reroll"}) {
+		t.Fatalf("events %v", got)
+	}
+	var ve *keystore.ValidationError
+	if _, err := s.RerollKey(ctx, keystore.RerollKeyRequest{WorkspaceID: "ws", KeyID: old.KeyID, Grace: -time.Second}); !errors.As(err, &ve) || ve.Field != "Grace" {
+		t.Fatalf("negative grace: %v", err)
+	}
+	if _, err := s.RerollKey(ctx, keystore.RerollKeyRequest{WorkspaceID: "other", KeyID: old.KeyID}); !errors.Is(err, keystore.ErrNotFound) {
+		t.Fatalf("another workspace's key: %v", err)
+	}
 }

@@ -98,6 +98,13 @@ type UpdateKeyRequest struct {
 	AddCredits int64
 }
 
+// RerollKeyRequest replaces a key's secret; see [Store.RerollKey].
+type RerollKeyRequest struct {
+	WorkspaceID, KeyID string
+	Grace              time.Duration // how long the old key keeps verifying; 0: it stops now; never negative
+	ByteLength         int           // random bytes in the new key: 0 means 16, otherwise 16..255
+}
+
 // Key is a stored key, without its secret.
 type Key struct {
 	ID          string         // CreatedKey.KeyID

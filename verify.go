@@ -115,7 +115,11 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 		if err != nil {
 			return err
 		}
-		return row.scan(stmt.QueryRowContext(ctx, hash))
+		err = row.scan(stmt.QueryRowContext(ctx, hash))
+		if errors.Is(err, sql.ErrNoRows) { // a key rerolled within its grace period?
+			err = row.scan(db.QueryRowContext(ctx, selectVerifyByOldHash, hash, utc(now)))
+		}
+		return err
 	}
 	err := s.read(ctx, lookup)
 	if err == nil && fromReplica && !row.DeletedAt.Valid && !row.passes(req, cost, now) {
@@ -264,7 +268,10 @@ const selectVerifyFrom = `SELECT k.id, k.workspace_id, k.key_space_id,
 FROM keystore_keys k `
 
 const (
-	selectVerify     = selectVerifyFrom + `WHERE k.hash = ?`
+	selectVerify = selectVerifyFrom + `WHERE k.hash = ?`
+	// The key an old hash of a rerolled key still names, until it expires.
+	selectVerifyByOldHash = selectVerifyFrom + `JOIN keystore_old_hashes o ON o.key_id = k.id
+		WHERE o.hash = ? AND o.expires_at > ?`
 	selectVerifyByID = selectVerifyFrom + `WHERE k.id = ?`
 )
 
