@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -26,7 +28,8 @@ type VerifyKeyRequest struct {
 	// Cost is the number of credits a valid verification spends; 0 means 1.
 	// A key without credits (unlimited) spends nothing.
 	Cost int64
-	// NoSpend verifies without spending or checking credits.
+	// NoSpend verifies without spending or checking credits, and without
+	// applying ratelimits.
 	NoSpend bool
 	// Permissions is a permission query the key must satisfy; "" checks
 	// nothing. Names of letters, digits and . _ - : * / ("*" is literal)
@@ -34,6 +37,10 @@ type VerifyKeyRequest struct {
 	// tighter than OR; at most 1000 characters. It is evaluated against
 	// the key's merged permissions (direct and through roles).
 	Permissions string
+	// Ratelimits names limits of the key or its owner to apply besides
+	// the auto-applied ones (which apply to every verification at cost 1),
+	// at most 50, each name once. See [RatelimitResult] for the outcome.
+	Ratelimits []RatelimitRequest
 }
 
 // VerificationCode says why a verification is valid or not.
@@ -48,6 +55,9 @@ const (
 	// CodeInsufficientPermissions: the key does not satisfy the request's
 	// permission query; nothing spent.
 	CodeInsufficientPermissions VerificationCode = "INSUFFICIENT_PERMISSIONS"
+	// CodeRateLimited: a ratelimit has no tokens left in its window;
+	// nothing spent and no token taken.
+	CodeRateLimited VerificationCode = "RATE_LIMITED"
 )
 
 // Verification is the answer of VerifyKey. Everything but Valid and Code is
@@ -69,6 +79,9 @@ type Verification struct {
 	IdentityRatelimits []Ratelimit    // the owner's
 	Meta               map[string]any // the key's; nil when none
 	IdentityMeta       map[string]any // the owner's; nil when none or without owner
+	// RatelimitResults is the outcome of each ratelimit applied; nil when
+	// none was (NoSpend applies none).
+	RatelimitResults []RatelimitResult
 }
 
 // Largest key VerifyKey accepts: a 16-character prefix, "_" and 255 random
@@ -92,8 +105,14 @@ const maxKeyBytes = 512
 //
 // The checks come in this order, and the first that fails gives the code:
 // CodeNotFound, CodeDisabled, CodeExpired, CodeInsufficientPermissions
-// (req.Permissions), CodeUsageExceeded. A verification that is not valid
-// spends nothing.
+// (req.Permissions), CodeRateLimited (the ratelimits applied, see
+// ratelimit.go: the database counts every token, so a limit never admits
+// more than its Limit in a window, across all Stores), CodeUsageExceeded.
+// A verification that is not valid spends no credits, and one that is rate
+// limited takes no ratelimit token; one whose credits fall short has taken
+// its tokens. With ratelimits to apply, VerifyKey also runs one transaction
+// of one statement per limit on the primary; the database failing is an
+// error, never a valid answer.
 //
 // An invalid key is an answer, not an error: unknown, deleted,
 // other-key-space and other-workspace keys give CodeNotFound with a nil
@@ -137,10 +156,30 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 		return Verification{Code: CodeNotFound}, nil
 	}
 	v := row.judge(req, now)
-	if v.Code != CodeValid || v.Remaining == nil || req.NoSpend {
+	if v.Code != CodeValid {
 		return v, nil
 	}
-	return s.spend(ctx, req, row, cost, now)
+	limits, err := appliedLimits(v, req.Ratelimits)
+	if err != nil {
+		return Verification{}, err
+	}
+	if len(limits) > 0 && !req.NoSpend {
+		results, passed, err := s.takeTokens(ctx, limits, now)
+		if err != nil {
+			return Verification{}, fmt.Errorf("keystore: verify key: %w", err)
+		}
+		v.RatelimitResults = results
+		if !passed {
+			v.Valid, v.Code = false, CodeRateLimited
+			return v, nil
+		}
+	}
+	if v.Remaining == nil || req.NoSpend {
+		return v, nil
+	}
+	spent, err := s.spend(ctx, req, row, cost, now)
+	spent.RatelimitResults = v.RatelimitResults
+	return spent, err
 }
 
 // passes reports whether the key read as r would verify for req: valid, and
@@ -171,6 +210,21 @@ func (r *VerifyKeyRequest) validate() error {
 	if r.Permissions != "" {
 		if _, err := matchPermissions("Permissions", r.Permissions, nil); err != nil {
 			return err
+		}
+	}
+	if len(r.Ratelimits) > limitRatelimits {
+		return invalid("Ratelimits", "must have at most %d entries", limitRatelimits)
+	}
+	for i, rl := range r.Ratelimits {
+		field := "Ratelimits[" + strconv.Itoa(i) + "]"
+		if err := validateID(field+".Name", rl.Name, limitRatelimitNameChars); err != nil {
+			return err
+		}
+		if slices.ContainsFunc(r.Ratelimits[:i], func(o RatelimitRequest) bool { return o.Name == rl.Name }) {
+			return invalid(field+".Name", "duplicate name %q", rl.Name)
+		}
+		if rl.Cost < 0 {
+			return invalid(field+".Cost", "must not be negative")
 		}
 	}
 	return nil

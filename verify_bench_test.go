@@ -22,12 +22,16 @@ import (
 //	verify-unlimited  VerifyKey of a key without credits (with an owner, a
 //	                  permission, a role and a ratelimit: everything it returns)
 //	verify-credits    VerifyKey of a key with credits: one conditional UPDATE more
+//	verify-ratelimit  VerifyKey of a key without credits but with one
+//	                  auto-applied ratelimit that never denies: its token
+//	                  transaction more (the target is 0.8x of
+//	                  verify-unlimited)
 //
 // at concurrency 1 and 16, and verify-credits on one hot key from 64
 // goroutines. Metrics as in BenchmarkCreateKey.
 func BenchmarkVerifyKey(b *testing.B) {
 	for _, c := range []int{1, 16, 64} {
-		for _, shape := range rotated([]string{"verify-unlimited", "verify-credits", "bare-select-row", "bare-select-id"}) {
+		for _, shape := range rotated([]string{"verify-unlimited", "verify-credits", "verify-ratelimit", "bare-select-row", "bare-select-id"}) {
 			if c == 64 && shape != "verify-credits" {
 				continue
 			}
@@ -43,8 +47,11 @@ func benchVerify(b *testing.B, workers int, shape string) {
 	req := keystore.CreateKeyRequest{WorkspaceID: benchWorkspace, KeySpaceID: benchKeySpace, ExternalID: "owner",
 		Permissions: []string{"read"}, Roles: []string{"reader"},
 		Ratelimits: []keystore.Ratelimit{{Name: "rps", Limit: 10, Duration: time.Second}}}
-	if shape == "verify-credits" {
+	switch shape {
+	case "verify-credits":
 		req.Credits = &keystore.Credits{Remaining: 1 << 40}
+	case "verify-ratelimit":
+		req.Ratelimits = append(req.Ratelimits, keystore.Ratelimit{Name: "hourly", Limit: 1 << 40, Duration: time.Hour, AutoApply: true})
 	}
 	key, err := store.CreateKey(ctx, req)
 	if err != nil {
