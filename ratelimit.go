@@ -139,13 +139,15 @@ func (s *Store) takeTokens(ctx context.Context, limits []appliedLimit, now time.
 var errRateLimited = errors.New("keystore: rate limited")
 
 // addTokens adds l.cost to l's row for window, starting the count afresh
-// when the row's window is an older one, and returns the window's total.
-// The INSERT's arguments are repeated rather than read with VALUES(), which
+// when the row's window is an older one, and returns the window's total. A
+// Store whose clock is behind another's adds to the newer window rather
+// than restart an older one, so skewed clocks never reopen a window. The
+// INSERT's arguments are repeated rather than read with VALUES(), which
 // MySQL deprecates and MariaDB spells differently.
 func addTokens(ctx context.Context, tx *sqlx.Tx, l appliedLimit, window int64) (int64, error) {
 	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_ratelimits (subject, name, window_id, used)
 		VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE
-		used = LAST_INSERT_ID(IF(window_id = ?, used + ?, ?)), window_id = ?`,
+		used = LAST_INSERT_ID(IF(window_id >= ?, used + ?, ?)), window_id = GREATEST(window_id, ?)`,
 		l.subject, l.Name, window, l.cost, window, l.cost, l.cost, window)
 	if err != nil {
 		return 0, fmt.Errorf("keystore: take ratelimit tokens: %w", err)

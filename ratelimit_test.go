@@ -203,3 +203,36 @@ func TestRatelimitFailsClosed(t *testing.T) {
 		t.Fatalf("a limited key with the primary down: %+v, %v; want an error", v, err)
 	}
 }
+
+// A Store whose clock is behind adds to the window another Store opened
+// rather than start its older one again: skewed clocks never reopen a window.
+func TestRatelimitSkewedClocks(t *testing.T) {
+	dsn := keystoretest.DSN(t)
+	ahead := &fakeClock{t: time.Date(2027, 6, 1, 10, 1, 0, 0, time.UTC)}
+	behind := &fakeClock{t: time.Date(2027, 6, 1, 10, 0, 59, 0, time.UTC)}
+	a, _ := storeOn(t, dsn, 4, keystore.WithClock(ahead.Now))
+	b, _ := storeOn(t, dsn, 4, keystore.WithClock(behind.Now))
+	c, err := a.CreateKey(context.Background(), keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+		Ratelimits: []keystore.Ratelimit{{Name: "rpm", Limit: 10, Duration: time.Minute, AutoApply: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: c.Key}
+	valid := 0
+	for i := range 40 {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		v, err := s.VerifyKey(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Valid {
+			valid++
+		}
+	}
+	if valid != 10 {
+		t.Fatalf("%d valid through two Stores a second apart across a window boundary, limit 10", valid)
+	}
+}
