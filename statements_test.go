@@ -3,6 +3,7 @@ package keystore_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/idsafe/keystore"
 	"github.com/idsafe/keystore/keystoretest"
@@ -27,6 +28,12 @@ func TestStatementsPerOperation(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Roles: []string{"held"}}); err != nil {
+		t.Fatal(err)
+	}
+	limited, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+		Ratelimits: []keystore.Ratelimit{{Name: "a", Limit: 1000, Duration: time.Hour, AutoApply: true},
+			{Name: "b", Limit: 1000, Duration: time.Hour, AutoApply: true}}})
+	if err != nil {
 		t.Fatal(err)
 	}
 	mariadb := isMariaDB(t, db)
@@ -73,6 +80,18 @@ func TestStatementsPerOperation(t *testing.T) {
 		{"DeleteRole, held by no key", false, 10, func() error { return s.DeleteRole(ctx, "ws", "reader") }},
 		{"DeleteRole, held by a key", false, 12, func() error { return s.DeleteRole(ctx, "ws", "held") }},
 		{"DeleteIdentity", false, 7, func() error { return s.DeleteIdentity(ctx, "ws", "u1") }},
+		{"VerifyKey, two ratelimits", true, 5, func() error {
+			_, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: limited.Key})
+			return err
+		}},
+		{"RerollKey, no grace", false, 6, func() error {
+			_, err := s.RerollKey(ctx, keystore.RerollKeyRequest{WorkspaceID: "ws", KeyID: limited.KeyID})
+			return err
+		}},
+		{"RerollKey, with grace", false, 7, func() error {
+			_, err := s.RerollKey(ctx, keystore.RerollKeyRequest{WorkspaceID: "ws", KeyID: limited.KeyID, Grace: time.Minute})
+			return err
+		}},
 		{"DeleteKey", false, 5, func() error { return s.DeleteKey(ctx, "ws", owned.KeyID) }},
 	}
 	for _, c := range cases {
