@@ -16,6 +16,7 @@ const (
 	EventKeyUpdate      = "key.update"
 	EventKeyDelete      = "key.delete"
 	EventKeyReroll      = "key.reroll"
+	EventKeyImport      = "key.import"
 	EventIdentityCreate = "identity.create"
 	EventIdentityUpdate = "identity.update"
 	EventIdentityDelete = "identity.delete"

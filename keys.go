@@ -77,15 +77,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 		}
 	}
 
-	keyRow := func() columns { // every column but deleted_at; no owner yet
-		return slices.Concat(columns{
-			{"id", keyID}, {"workspace_id", req.WorkspaceID}, {"key_space_id", req.KeySpaceID},
-			{"hash", hash}, {"start", start}, {"name", nullString(req.Name)},
-			{"meta", meta}, {"expires", nullableUTC(req.Expires)}, {"enabled", !req.Disabled},
-			{"permissions", jsonList(permissions)}, {"roles", jsonList(roles)},
-			{"ratelimits", ratelimitsValue(req.Ratelimits)}, {"created_at", utc(now)}, {"updated_at", utc(now)},
-		}, ownerCopy(nil), creditColumns(req.Credits, now))
-	}
+	keyRow := func() columns { return newKeyRow(&req, keyID, start, hash, meta, permissions, roles, now) }
 	if len(permissions)+len(roles) == 0 {
 		identityID, done, err := s.createKeyOneTrip(ctx, now, req, keyID, keyRow())
 		if err != nil {
@@ -190,6 +182,19 @@ func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateK
 		return "", false, err
 	}
 	return identityID, req.ExternalID == "" || identityID != "", nil
+}
+
+// newKeyRow returns the key row that CreateKey (or an import) writes for
+// req: every column but deleted_at, the owner's unset. permissions and roles
+// are req's, sorted and unique; meta is req.Meta encoded.
+func newKeyRow(req *CreateKeyRequest, keyID, start string, hash []byte, meta any, permissions, roles []string, now time.Time) columns {
+	return slices.Concat(columns{
+		{"id", keyID}, {"workspace_id", req.WorkspaceID}, {"key_space_id", req.KeySpaceID},
+		{"hash", hash}, {"start", start}, {"name", nullString(req.Name)},
+		{"meta", meta}, {"expires", nullableUTC(req.Expires)}, {"enabled", !req.Disabled},
+		{"permissions", jsonList(permissions)}, {"roles", jsonList(roles)},
+		{"ratelimits", ratelimitsValue(req.Ratelimits)}, {"created_at", utc(now)}, {"updated_at", utc(now)},
+	}, ownerCopy(nil), creditColumns(req.Credits, now))
 }
 
 // insertKey inserts one key row.
