@@ -141,6 +141,32 @@ func exerciseEveryOperation(t *testing.T, s *keystore.Store, db *sqlx.DB) {
 	if page, err := s.ListKeys(ctx, keystore.ListKeysRequest{WorkspaceID: "ws", KeySpaceID: "ks"}); err != nil || len(page.Items) != 1 {
 		t.Fatalf("ListKeys: %d keys, %v", len(page.Items), err)
 	}
+	// The key operations of verification's issue: a limited key, rerolled
+	// with a grace, given credits, and an imported one.
+	limited, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "third",
+		Credits:    &keystore.Credits{Remaining: 1},
+		Ratelimits: []keystore.Ratelimit{{Name: "rpm", Limit: 1, Duration: time.Minute, AutoApply: true}}})
+	if err != nil {
+		t.Fatalf("CreateKey with a ratelimit: %v", err)
+	}
+	rerolled, err := s.RerollKey(ctx, keystore.RerollKeyRequest{WorkspaceID: "ws", KeyID: limited.KeyID, Grace: time.Hour})
+	if err != nil {
+		t.Fatalf("RerollKey: %v", err)
+	}
+	if _, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: limited.KeyID, AddCredits: 2,
+		AddPermissions: []string{"p/q"}, RemovePermissions: []string{"none"}}); err != nil {
+		t.Fatalf("UpdateKey deltas: %v", err)
+	}
+	for i, key := range []string{limited.Key, rerolled.Key} {
+		v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: key, Permissions: "p/q"})
+		if want := []keystore.VerificationCode{keystore.CodeValid, keystore.CodeRateLimited}[i]; err != nil || v.Code != want {
+			t.Fatalf("VerifyKey %d of a key limited to 1 a minute: %s, %v; want %s", i, v.Code, err, want)
+		}
+	}
+	if _, err := s.ImportKey(ctx, keystore.ImportKeyRequest{Hash: strings.Repeat("ab", 32),
+		CreateKeyRequest: keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "fourth", Permissions: []string{"x.y"}}}); err != nil {
+		t.Fatalf("ImportKey: %v", err)
+	}
 	if page, err := s.ListAuditEvents(ctx, keystore.ListAuditEventsRequest{WorkspaceID: "ws"}); err != nil || len(page.Items) < 8 {
 		t.Fatalf("ListAuditEvents: %d events, %v", len(page.Items), err)
 	}
