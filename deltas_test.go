@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -42,7 +43,7 @@ func TestUpdateKeyDeltas(t *testing.T) {
 	for _, c := range []struct {
 		delta int64
 		want  int64
-	}{{5, 15}, {-20, 0}, {1 << 62, 1 << 62}, {1 << 62, 1<<63 - 1}, {-(1<<63 - 1), 0}} {
+	}{{5, 15}, {-20, 0}, {1 << 62, 1 << 62}, {1 << 62, 1<<63 - 1}, {-(1<<63 - 1), 0}, {7, 7}, {math.MinInt64, 0}} {
 		k, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: credited.KeyID, AddCredits: c.delta})
 		if err != nil || k.Credits == nil || k.Credits.Remaining != c.want {
 			t.Fatalf("AddCredits(%d): %+v, %v; want %d", c.delta, k.Credits, err, c.want)

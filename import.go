@@ -25,6 +25,10 @@ type ImportKeyRequest struct {
 // MaxImportBatch is the most keys one ImportKeys call takes.
 const MaxImportBatch = 1000
 
+// importChunk is the most names (or links) an import sends in one
+// statement.
+const importChunk = 1000
+
 // ImportKey stores a key of an existing plaintext, given by its hash, with
 // everything CreateKey stores (owner found or created, permissions created,
 // roles linked) and a key.import audit event, in one transaction. The
@@ -70,6 +74,9 @@ type importing struct {
 // with fieldFormat and the request's index) and imports them all in one
 // transaction.
 func (s *Store) importKeys(ctx context.Context, reqs []ImportKeyRequest, fieldFormat string) ([]CreatedKey, error) {
+	if len(reqs) == 0 {
+		return []CreatedKey{}, nil
+	}
 	now := s.clock()
 	keys := make([]importing, len(reqs))
 	seen := make(map[string]int, len(reqs))
@@ -157,11 +164,13 @@ func (s *Store) writeImports(ctx context.Context, tx *sqlx.Tx, keys []importing,
 			slugs, names = append(slugs, k.permissions...), append(names, k.roles...)
 		}
 		slugs, names = sortedUnique(slugs), sortedUnique(names)
-		if err := ensurePermissions(ctx, tx, now, ws, slugs); err != nil {
-			return nil, err
-		}
-		if err := readIDs(ctx, tx, perms, `SELECT slug, id FROM keystore_permissions`, ws, "slug", slugs); err != nil {
-			return nil, err
+		for chunk := range slices.Chunk(slugs, importChunk) { // in order: the locks stay sorted
+			if err := ensurePermissions(ctx, tx, now, ws, chunk); err != nil {
+				return nil, err
+			}
+			if err := readIDs(ctx, tx, perms, `SELECT slug, id FROM keystore_permissions`, ws, "slug", chunk); err != nil {
+				return nil, err
+			}
 		}
 		if err := readIDs(ctx, tx, roles, `SELECT name, id FROM keystore_roles`, ws, "name", names); err != nil {
 			return nil, err
@@ -178,7 +187,7 @@ func (s *Store) writeImports(ctx context.Context, tx *sqlx.Tx, keys []importing,
 			}
 		}
 	}
-	var values []any
+	var rowsOfKeys [][]any // each key's values, in the order of names
 	var names string
 	var withRoles []any
 	events := map[string][]audit{}
@@ -194,23 +203,29 @@ func (s *Store) writeImports(ctx context.Context, tx *sqlx.Tx, keys []importing,
 				events[ws] = append(events[ws], audit{event: EventIdentityCreate, identityID: k.identity.ID})
 			}
 		}
-		names, values = cols.names(), append(values, cols.values()...)
+		names, rowsOfKeys = cols.names(), append(rowsOfKeys, cols.values())
 		if len(k.roles) > 0 {
 			withRoles = append(withRoles, k.keyID)
 		}
 		events[ws] = append(events[ws], audit{event: EventKeyImport, keyID: k.keyID, identityID: k.identity.ID})
 		created[i] = CreatedKey{KeyID: k.keyID, IdentityID: k.identity.ID}
 	}
-	err := exec(ctx, tx, "import keys", `INSERT INTO keystore_keys (`+names+`) VALUES `+rows(len(keys), len(values)/len(keys)), values...)
-	if IsDuplicateKey(err) { // a concurrent import of one of the hashes committed first
-		return nil, invalid("Hash", "is stored already: a concurrent import wrote it")
-	}
-	if err != nil {
-		return nil, err
+	// A few hundred keys per INSERT keep it under max_allowed_packet (each
+	// key's row can hold 64 KiB of meta), and under the 65,535 placeholders
+	// of a statement prepared on the server (without interpolateParams).
+	for chunk := range slices.Chunk(rowsOfKeys, importChunk/10) {
+		err := exec(ctx, tx, "import keys", `INSERT INTO keystore_keys (`+names+`) VALUES `+rows(len(chunk), len(chunk[0])),
+			slices.Concat(chunk...)...)
+		if IsDuplicateKey(err) { // a concurrent import of one of the hashes committed first
+			return nil, invalid("Hash", "is stored already: a concurrent import wrote it")
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	for i, table := range []string{"keystore_key_permissions (key_id, permission_id)", "keystore_key_roles (key_id, role_id)"} {
-		if len(links[i]) > 0 {
-			if err := exec(ctx, tx, "link imported keys", `INSERT INTO `+table+` VALUES `+rows(len(links[i])/2, 2), links[i]...); err != nil {
+		for chunk := range slices.Chunk(links[i], 2*importChunk) {
+			if err := exec(ctx, tx, "link imported keys", `INSERT INTO `+table+` VALUES `+rows(len(chunk)/2, 2), chunk...); err != nil {
 				return nil, err
 			}
 		}

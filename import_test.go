@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/keystoretest"
 )
 
 func hashOf(plaintext string) string {
@@ -197,4 +198,31 @@ func BenchmarkImportKeys(b *testing.B) {
 		done += n
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "keys/s")
+}
+
+// A full batch with many permissions per key imports through a pool whose
+// statements are prepared on the server (no interpolateParams), which allows
+// 65,535 placeholders a statement; an empty batch imports nothing.
+func TestImportKeysLargeBatchPrepared(t *testing.T) {
+	s, db := storeOn(t, withParams(t, keystoretest.DSN(t), map[string]string{"interpolateParams": "false"}), 0)
+	ctx := context.Background()
+	if created, err := s.ImportKeys(ctx, nil); err != nil || len(created) != 0 {
+		t.Fatalf("empty batch: %v, %v", created, err)
+	}
+	var perms []string
+	for i := range 40 {
+		perms = append(perms, fmt.Sprintf("perm.%02d", i))
+	}
+	reqs := make([]keystore.ImportKeyRequest, keystore.MaxImportBatch)
+	for i := range reqs {
+		reqs[i] = keystore.ImportKeyRequest{Hash: hashOf(fmt.Sprintf("big-%d", i)),
+			CreateKeyRequest: keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Permissions: perms,
+				ExternalID: fmt.Sprintf("o-%d", i)}}
+	}
+	if _, err := s.ImportKeys(ctx, reqs); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_key_permissions`); n != 40*keystore.MaxImportBatch {
+		t.Fatalf("%d links", n)
+	}
 }

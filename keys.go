@@ -526,7 +526,7 @@ func lockKeyCredits(ctx context.Context, tx *sqlx.Tx, workspaceID, keyID string,
 	switch {
 	case delta > 0 && balance > math.MaxInt64-delta:
 		balance = math.MaxInt64
-	case delta < 0 && balance < -delta:
+	case delta < 0 && balance+delta < 0: // balance >= 0: no overflow
 		balance = 0
 	default:
 		balance += delta

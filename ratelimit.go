@@ -36,8 +36,9 @@ type RatelimitResult struct {
 // the Store's clock), across every Store and process on the database. Each
 // limit is one row of keystore_ratelimits, keyed by the key's id (or, for
 // an owner's limit, the identity's id, so that all its keys share it) and
-// the limit's name; the row holds the current window and the tokens taken
-// in it.
+// the limit's name; the row holds the current window (its start and the
+// Duration it was opened with: a changed Duration opens a new one) and the
+// tokens taken in it.
 //
 // A verification takes the tokens of every limit it applies in one
 // transaction, one upsert per limit in (subject, name) order, so that two
@@ -107,7 +108,8 @@ func (s *Store) takeTokens(ctx context.Context, limits []appliedLimit, now time.
 	_, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
 		passed := true
 		for i, l := range limits {
-			total, err := addTokens(ctx, tx, l, now.UnixMilli()/l.Duration.Milliseconds())
+			ms := l.Duration.Milliseconds()
+			total, err := addTokens(ctx, tx, l, now.UnixMilli()/ms*ms)
 			if err != nil {
 				return struct{}{}, err
 			}
@@ -138,17 +140,23 @@ func (s *Store) takeTokens(ctx context.Context, limits []appliedLimit, now time.
 // errRateLimited ends a token transaction that must not commit.
 var errRateLimited = errors.New("keystore: rate limited")
 
-// addTokens adds l.cost to l's row for window, starting the count afresh
-// when the row's window is an older one, and returns the window's total. A
-// Store whose clock is behind another's adds to the newer window rather
-// than restart an older one, so skewed clocks never reopen a window. The
-// INSERT's arguments are repeated rather than read with VALUES(), which
-// MySQL deprecates and MariaDB spells differently.
-func addTokens(ctx context.Context, tx *sqlx.Tx, l appliedLimit, window int64) (int64, error) {
-	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_ratelimits (subject, name, window_id, used)
-		VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE
-		used = LAST_INSERT_ID(IF(window_id >= ?, used + ?, ?)), window_id = GREATEST(window_id, ?)`,
-		l.subject, l.Name, window, l.cost, window, l.cost, l.cost, window)
+// addTokens adds l.cost to l's row for the window that starts at start
+// (Unix milliseconds), starting the count afresh when the row's window is an
+// older one or of another duration (the limit was changed), and returns the
+// window's total. A Store whose clock is behind another's adds to the newer
+// window rather than restart an older one, so skewed clocks never reopen a
+// window. MySQL evaluates the assignments left to right, so each sees the
+// old values of the columns after it. The INSERT's arguments are repeated
+// rather than read with VALUES(), which MySQL deprecates and MariaDB spells
+// differently.
+func addTokens(ctx context.Context, tx *sqlx.Tx, l appliedLimit, start int64) (int64, error) {
+	ms := l.Duration.Milliseconds()
+	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_ratelimits (subject, name, window_start, duration_ms, used)
+		VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE
+		used = LAST_INSERT_ID(IF(duration_ms = ? AND window_start >= ?, used + ?, ?)),
+		window_start = IF(duration_ms = ?, GREATEST(window_start, ?), ?),
+		duration_ms = ?`,
+		l.subject, l.Name, start, ms, l.cost, ms, start, l.cost, l.cost, ms, start, start, ms)
 	if err != nil {
 		return 0, fmt.Errorf("keystore: take ratelimit tokens: %w", err)
 	}

@@ -3,6 +3,7 @@ package keystore_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -234,5 +235,49 @@ func TestRatelimitSkewedClocks(t *testing.T) {
 	}
 	if valid != 10 {
 		t.Fatalf("%d valid through two Stores a second apart across a window boundary, limit 10", valid)
+	}
+}
+
+// A limit whose Duration changes opens a new window at once: the count kept
+// for the old Duration neither carries over nor blocks the key.
+func TestRatelimitDurationChanged(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2027, 6, 1, 10, 0, 0, 0, time.UTC)}
+	s, _ := newStore(t, keystore.WithClock(clock.Now))
+	ctx := context.Background()
+	c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+		Ratelimits: []keystore.Ratelimit{{Name: "r", Limit: 2, Duration: time.Second, AutoApply: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: c.Key}
+	codes := func() (out []keystore.VerificationCode) {
+		for range 3 {
+			v, err := s.VerifyKey(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, v.Code)
+		}
+		return out
+	}
+	want := []keystore.VerificationCode{keystore.CodeValid, keystore.CodeValid, keystore.CodeRateLimited}
+	if got := codes(); !slices.Equal(got, want) {
+		t.Fatalf("2 a second: %v", got)
+	}
+	for _, d := range []time.Duration{time.Minute, time.Second} {
+		if _, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: c.KeyID,
+			Ratelimits: keystore.Set([]keystore.Ratelimit{{Name: "r", Limit: 2, Duration: d, AutoApply: true}})}); err != nil {
+			t.Fatal(err)
+		}
+		clock.Add(time.Second)
+		if got := codes(); !slices.Equal(got, want) {
+			t.Fatalf("after the Duration became %s: %v", d, got)
+		}
+	}
+	_, err = s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: c.Key,
+		Ratelimits: []keystore.RatelimitRequest{{Name: "r", Cost: 1 << 62}}})
+	var ve *keystore.ValidationError
+	if !errors.As(err, &ve) || ve.Field != "Ratelimits[0].Cost" {
+		t.Fatalf("a cost past 2^53: %v", err)
 	}
 }

@@ -3,7 +3,6 @@ package keystore
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 
 	"github.com/jmoiron/sqlx"
@@ -19,19 +18,17 @@ import (
 // init_connect, the same for every connection of a pool, so one
 // connection's answer stands for all. A failed check (the server was
 // unreachable) is not remembered: the next call checks again.
+//
+// Callers that arrive before the first check has succeeded each check for
+// themselves, within their own contexts: checking twice is harmless, and no
+// caller waits for another's round trip.
 type sessionCheck struct {
 	ok atomic.Bool
-	mu sync.Mutex
 }
 
 // verify returns nil once db's sessions are known to autocommit, and an
 // error matching ErrUnsupportedSetting when they do not.
 func (c *sessionCheck) verify(ctx context.Context, db *sqlx.DB) error {
-	if c.ok.Load() {
-		return nil
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.ok.Load() {
 		return nil
 	}

@@ -22,6 +22,9 @@ const (
 	limitPermissions        = 1000
 	limitSlugChars          = 128
 	limitRoles              = 100
+	// limitTokens bounds a ratelimit's Limit and a request's Cost, so that
+	// counting tokens cannot overflow a BIGINT.
+	limitTokens = 1 << 53
 )
 
 // validate checks r without any I/O and returns nil or the first failure as
@@ -304,8 +307,8 @@ func validateRatelimits(field string, rls []Ratelimit) error {
 			return invalid(name+".Name", "duplicate name %q", rl.Name)
 		}
 		seen[rl.Name] = struct{}{}
-		if rl.Limit < 1 {
-			return invalid(name+".Limit", "must be at least 1")
+		if rl.Limit < 1 || rl.Limit > limitTokens {
+			return invalid(name+".Limit", "must be 1..2^53")
 		}
 		if rl.Duration < limitMinRatelimitPeriod {
 			return invalid(name+".Duration", "must be at least %s", limitMinRatelimitPeriod)

@@ -144,7 +144,7 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 	if err == nil && fromReplica && !row.DeletedAt.Valid && !row.passes(req, cost, now) {
 		// A lagging replica may not know yet that the key was enabled,
 		// extended or given credits: only the primary may say no.
-		err = lookup(ctx, s.db)
+		err = s.readPrimary(ctx, lookup)
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return Verification{Code: CodeNotFound}, nil
@@ -223,8 +223,8 @@ func (r *VerifyKeyRequest) validate() error {
 		if slices.ContainsFunc(r.Ratelimits[:i], func(o RatelimitRequest) bool { return o.Name == rl.Name }) {
 			return invalid(field+".Name", "duplicate name %q", rl.Name)
 		}
-		if rl.Cost < 0 {
-			return invalid(field+".Cost", "must not be negative")
+		if rl.Cost < 0 || rl.Cost > limitTokens {
+			return invalid(field+".Cost", "must be 0..2^53")
 		}
 	}
 	return nil
