@@ -30,6 +30,7 @@ type Store struct {
 	hints       identityHints
 	replica     *replica // nil: none
 	session     sessionCheck
+	leases      tokenLeases // ratelimit tokens granted to this Store
 	prepared    preparedStatements
 	// noReturning is set once the server rejected INSERT ... RETURNING,
 	// noOneTrip once it rejected an anonymous block (see execOneTrip).

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -38,16 +40,90 @@ type RatelimitResult struct {
 // an owner's limit, the identity's id, so that all its keys share it) and
 // the limit's name; the row holds the current window (its start and the
 // Duration it was opened with: a changed Duration opens a new one) and the
-// tokens taken in it.
+// tokens the database has granted in it.
 //
-// A verification takes the tokens of every limit it applies in one
-// transaction, one upsert per limit in (subject, name) order, so that two
-// verifications never wait for each other in opposite orders. Each upsert
-// hands back the window's new total in its reply (LAST_INSERT_ID), and if
-// any total is past its limit the transaction rolls back: the limits pass
-// or fail together, and a call that is rate limited takes no token. A
-// database that cannot be reached is an error, never a pass: the limits
-// fail closed.
+// A Store asks the database for more tokens than one call needs, a lease:
+// the call's cost and a tenth of what would be left after it (at most
+// leaseMax). The database counts the whole lease as used, so no Store can
+// hand out more than the database granted; the Store then serves calls
+// from its lease in memory, without a round trip, until the lease is spent
+// or its window ends (unused tokens of an ended window are lost: counted,
+// never admitted). Because a lease is a tenth of what is left, leases
+// shrink as a window fills, and a burst through several Stores still gets
+// nearly all of the limit.
+//
+// A call whose limits are not all covered by leases asks the database for
+// the rest in one transaction, limit by limit in (subject, name) order, so
+// that two calls never wait for each other in opposite orders. If any limit
+// has fewer tokens left than the call's cost, the transaction rolls back
+// and the tokens the call took from its leases go back: limits pass or fail
+// together, and a rate-limited call takes no token. A call that needs the
+// database and cannot reach it is an error, never a pass: the limits fail
+// closed.
+
+// leaseMax is the most tokens beyond its cost that one call asks for.
+const leaseMax = 1000
+
+// tokenLeases holds, per limit, the tokens the database granted this Store
+// and it has not used. It is safe for concurrent use.
+type tokenLeases struct {
+	mu     sync.Mutex
+	m      map[leaseKey]*lease
+	grants [64]sync.Mutex // one call at a time asks the database for a limit: see takeTokens
+}
+
+type leaseKey struct{ subject, name string }
+
+// lease is a Store's unused grant for one window of one limit.
+type lease struct {
+	windowStart, durationMs int64
+	left                    int64 // granted and not used
+	used                    int64 // the window's total in the database after the last grant
+}
+
+// take takes cost tokens of k's lease for the window, if it holds them,
+// and returns the lease as it is after (nil when it did not hold them).
+func (t *tokenLeases) take(k leaseKey, windowStart, durationMs, cost int64) *lease {
+	l := t.m[k]
+	if l == nil || l.windowStart != windowStart || l.durationMs != durationMs || l.left < cost {
+		return nil
+	}
+	l.left -= cost
+	return l
+}
+
+// put adds a grant (tokens left over, and the window's total) to k's lease,
+// replacing a lease of another window, and returns the lease.
+func (t *tokenLeases) put(k leaseKey, windowStart, durationMs, left, used int64) *lease {
+	if t.m == nil {
+		t.m = map[leaseKey]*lease{}
+	}
+	l := t.m[k]
+	if l == nil || l.windowStart != windowStart || l.durationMs != durationMs {
+		if len(t.m) >= 100_000 {
+			t.prune(windowStart)
+		}
+		l = &lease{windowStart: windowStart, durationMs: durationMs}
+		t.m[k] = l
+	}
+	l.left += left
+	l.used = max(l.used, used)
+	return l
+}
+
+// prune forgets the leases of windows that started before windowStart
+// (their tokens can never be used again), and every lease if that is not
+// enough to keep the map small.
+func (t *tokenLeases) prune(windowStart int64) {
+	for k, l := range t.m {
+		if l.windowStart+l.durationMs <= windowStart {
+			delete(t.m, k)
+		}
+	}
+	if len(t.m) >= 100_000 {
+		clear(t.m)
+	}
+}
 
 // appliedLimit is a ratelimit a verification applies.
 type appliedLimit struct {
@@ -99,69 +175,189 @@ func appliedLimits(v Verification, requested []RatelimitRequest) ([]appliedLimit
 	return out, nil
 }
 
-// takeTokens takes the tokens of limits (in (subject, name) order), all or
-// none, and returns each limit's outcome and whether all passed. A call
-// that does not pass takes nothing, and each result says what is left
-// without it.
+// takeTokens takes the tokens of limits (in (subject, name) order) from
+// the Store's leases and, for the limits they do not cover, from the
+// database, all or none, and returns each limit's outcome and whether all
+// passed.
+//
+// Only one call of the Store at a time asks the database for a given
+// limit's tokens (a striped lock, held across the transaction and until
+// the grant is in the lease), and a call that waited for another looks at
+// the lease again first. So a call is denied only when the database has no
+// tokens left and none are on their way to this Store's lease: one Store
+// admits exactly the limit.
 func (s *Store) takeTokens(ctx context.Context, limits []appliedLimit, now time.Time) ([]RatelimitResult, bool, error) {
-	used := make([]int64, len(limits))
+	results := make([]RatelimitResult, len(limits))
+	all := make([]int, len(limits))
+	for i := range all {
+		all[i] = i
+	}
+	fromDB := s.leases.takeAll(limits, now, results, all)
+	if len(fromDB) == 0 {
+		return results, true, nil
+	}
+	taken := without(all, fromDB)
+	unlock := s.leases.lockGrants(limits, fromDB)
+	defer unlock()
+	still := s.leases.takeAll(limits, now, results, fromDB) // refilled while this call waited?
+	taken, fromDB = append(taken, without(fromDB, still)...), still
+	if len(fromDB) == 0 {
+		return results, true, nil
+	}
+
+	type grant struct{ tokens, used int64 }
+	grants := make([]grant, len(fromDB))
 	_, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
 		passed := true
-		for i, l := range limits {
-			ms := l.Duration.Milliseconds()
-			total, err := addTokens(ctx, tx, l, now.UnixMilli()/ms*ms)
+		for j, i := range fromDB {
+			l := limits[i]
+			start, ms := windowOf(l, now)
+			tokens, used, err := grantTokens(ctx, tx, l, start, ms)
 			if err != nil {
 				return struct{}{}, err
 			}
-			used[i], passed = total, passed && total <= l.Limit
+			grants[j], passed = grant{tokens, used}, passed && tokens >= l.cost
 		}
 		if !passed {
-			return struct{}{}, errRateLimited // rolls back every token taken
+			return struct{}{}, errRateLimited // rolls back every grant
 		}
 		return struct{}{}, nil
 	})
 	passed := err == nil
 	if err != nil && !errors.Is(err, errRateLimited) {
-		return nil, false, err
+		s.leases.giveBack(limits, taken, now, results)
+		return nil, false, fmt.Errorf("keystore: take ratelimit tokens: %w", err)
 	}
-	results := make([]RatelimitResult, len(limits))
-	for i, l := range limits {
-		ms := l.Duration.Milliseconds()
-		left := l.Limit - used[i]
-		if !passed {
-			left += l.cost // undone
+	if !passed {
+		s.leases.giveBack(limits, taken, now, results)
+	}
+	s.leases.mu.Lock()
+	defer s.leases.mu.Unlock()
+	for j, i := range fromDB {
+		l, g := limits[i], grants[j]
+		start, ms := windowOf(l, now)
+		if passed {
+			held := s.leases.put(leaseKey{l.subject, l.Name}, start, ms, g.tokens-l.cost, g.used)
+			results[i] = l.result(start, held.used-held.left, false)
+		} else {
+			results[i] = l.result(start, g.used-g.tokens, g.tokens < l.cost) // nothing was granted
 		}
-		results[i] = RatelimitResult{Name: l.Name, Limit: l.Limit, Duration: l.Duration, Remaining: max(left, 0),
-			Reset: time.UnixMilli((now.UnixMilli()/ms + 1) * ms).UTC(), Exceeded: used[i] > l.Limit, Identity: l.identity}
 	}
 	return results, passed, nil
+}
+
+// without returns the elements of a that are not in b.
+func without(a, b []int) []int {
+	return slices.DeleteFunc(slices.Clone(a), func(i int) bool { return slices.Contains(b, i) })
+}
+
+// takeAll takes, from the leases, the tokens of the limits of indexes that
+// the leases cover, fills their results, and returns the indexes of those
+// they do not cover.
+func (t *tokenLeases) takeAll(limits []appliedLimit, now time.Time, results []RatelimitResult, indexes []int) (uncovered []int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, i := range indexes {
+		l := limits[i]
+		start, ms := windowOf(l, now)
+		if held := t.take(leaseKey{l.subject, l.Name}, start, ms, l.cost); held != nil {
+			results[i] = l.result(start, held.used-held.left, false)
+		} else {
+			uncovered = append(uncovered, i)
+		}
+	}
+	return uncovered
+}
+
+// giveBack returns to the leases the tokens a call took from them (the
+// limits of indexes taken) and refreshes their results, unless the lease
+// has moved on to another window meanwhile.
+func (t *tokenLeases) giveBack(limits []appliedLimit, taken []int, now time.Time, results []RatelimitResult) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, i := range taken {
+		l := limits[i]
+		start, ms := windowOf(l, now)
+		if held := t.m[leaseKey{l.subject, l.Name}]; held != nil && held.windowStart == start && held.durationMs == ms {
+			held.left += l.cost
+			results[i] = l.result(start, held.used-held.left, false)
+		}
+	}
+}
+
+// lockGrants locks the grant stripes of the limits of indexes, in stripe
+// order, and returns the function that unlocks them.
+func (t *tokenLeases) lockGrants(limits []appliedLimit, indexes []int) func() {
+	var stripes []int
+	for _, i := range indexes {
+		h := fnv.New32a()
+		h.Write([]byte(limits[i].subject))
+		h.Write([]byte{0})
+		h.Write([]byte(limits[i].Name))
+		stripes = append(stripes, int(h.Sum32()%uint32(len(t.grants))))
+	}
+	slices.Sort(stripes)
+	stripes = slices.Compact(stripes)
+	for _, i := range stripes {
+		t.grants[i].Lock()
+	}
+	return func() {
+		for _, i := range stripes {
+			t.grants[i].Unlock()
+		}
+	}
+}
+
+// windowOf returns the start of l's window at now and its length, in Unix
+// milliseconds.
+func windowOf(l appliedLimit, now time.Time) (start, ms int64) {
+	ms = l.Duration.Milliseconds()
+	return now.UnixMilli() / ms * ms, ms
+}
+
+// result is l's outcome in the window that starts at start, where spent
+// tokens are used (granted and not held by this Store's lease, as far as
+// the Store knows).
+func (l appliedLimit) result(start, spent int64, exceeded bool) RatelimitResult {
+	ms := l.Duration.Milliseconds()
+	return RatelimitResult{Name: l.Name, Limit: l.Limit, Duration: l.Duration, Remaining: max(l.Limit-spent, 0),
+		Reset: time.UnixMilli(start + ms).UTC(), Exceeded: exceeded, Identity: l.identity}
 }
 
 // errRateLimited ends a token transaction that must not commit.
 var errRateLimited = errors.New("keystore: rate limited")
 
-// addTokens adds l.cost to l's row for the window that starts at start
-// (Unix milliseconds), starting the count afresh when the row's window is an
-// older one or of another duration (the limit was changed), and returns the
-// window's total. A Store whose clock is behind another's adds to the newer
-// window rather than restart an older one, so skewed clocks never reopen a
-// window. MySQL evaluates the assignments left to right, so each sees the
-// old values of the columns after it. The INSERT's arguments are repeated
-// rather than read with VALUES(), which MySQL deprecates and MariaDB spells
-// differently.
-func addTokens(ctx context.Context, tx *sqlx.Tx, l appliedLimit, start int64) (int64, error) {
-	ms := l.Duration.Milliseconds()
-	res, err := tx.ExecContext(ctx, `INSERT INTO keystore_ratelimits (subject, name, window_start, duration_ms, used)
-		VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE
-		used = LAST_INSERT_ID(IF(duration_ms = ? AND window_start >= ?, used + ?, ?)),
+// grantTokens asks the database for a lease of l's tokens in the window
+// that starts at start: the call's cost and a tenth of what would be left
+// after it, at most leaseMax more, or nothing when fewer than the cost are
+// left. It returns the tokens granted and the window's total after. The
+// first statement moves the row to the current window, starting the count
+// afresh when the row's window is an older one or of another duration (the
+// limit was changed); a Store whose clock is behind another's counts in the
+// newer window rather than reopen an older one. It takes the row's
+// exclusive lock, under which the count is read and raised. MySQL
+// evaluates the assignments left to right, so each sees the old values of
+// the columns after it. Arguments are repeated rather than read with
+// VALUES(), which MySQL deprecates and MariaDB spells differently.
+func grantTokens(ctx context.Context, tx *sqlx.Tx, l appliedLimit, start, ms int64) (granted, used int64, err error) {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO keystore_ratelimits (subject, name, window_start, duration_ms, used)
+		VALUES (?, ?, ?, ?, 0) ON DUPLICATE KEY UPDATE
+		used = IF(duration_ms = ? AND window_start >= ?, used, 0),
 		window_start = IF(duration_ms = ?, GREATEST(window_start, ?), ?),
 		duration_ms = ?`,
-		l.subject, l.Name, start, ms, l.cost, ms, start, l.cost, l.cost, ms, start, start, ms)
-	if err != nil {
-		return 0, fmt.Errorf("keystore: take ratelimit tokens: %w", err)
+		l.subject, l.Name, start, ms, ms, start, ms, start, start, ms); err != nil {
+		return 0, 0, err
 	}
-	if n, err := res.RowsAffected(); err != nil || n == 1 {
-		return l.cost, err // a new row: this call's tokens are the window's
+	if err := tx.GetContext(ctx, &used, `SELECT used FROM keystore_ratelimits WHERE subject = ? AND name = ? FOR UPDATE`,
+		l.subject, l.Name); err != nil {
+		return 0, 0, err
 	}
-	return res.LastInsertId()
+	left := l.Limit - used
+	if left < l.cost {
+		return 0, used, nil
+	}
+	granted = l.cost + min(leaseMax, (left-l.cost)/10)
+	_, err = tx.ExecContext(ctx, `UPDATE keystore_ratelimits SET used = used + ? WHERE subject = ? AND name = ?`,
+		granted, l.subject, l.Name)
+	return granted, used + granted, err
 }

@@ -80,7 +80,11 @@ func TestStatementsPerOperation(t *testing.T) {
 		{"DeleteRole, held by no key", false, 10, func() error { return s.DeleteRole(ctx, "ws", "reader") }},
 		{"DeleteRole, held by a key", false, 12, func() error { return s.DeleteRole(ctx, "ws", "held") }},
 		{"DeleteIdentity", false, 7, func() error { return s.DeleteIdentity(ctx, "ws", "u1") }},
-		{"VerifyKey, two ratelimits", true, 5, func() error {
+		{"VerifyKey, two ratelimits, a lease of each", true, 9, func() error {
+			_, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: limited.Key})
+			return err
+		}},
+		{"VerifyKey, two ratelimits from the leases", true, 1, func() error {
 			_, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: limited.Key})
 			return err
 		}},
