@@ -67,9 +67,12 @@ const leaseMax = 1000
 // tokenLeases holds, per limit, the tokens the database granted this Store
 // and it has not used. It is safe for concurrent use.
 type tokenLeases struct {
-	mu     sync.Mutex
-	m      map[leaseKey]*lease
-	grants [64]sync.Mutex // one call at a time asks the database for a limit: see takeTokens
+	mu sync.Mutex
+	m  map[leaseKey]*lease
+	// grants are the striped locks of takeTokens, one token each, so that
+	// a call waits for one within its context.
+	grants     [64]chan struct{}
+	grantsOnce sync.Once
 }
 
 type leaseKey struct{ subject, name string }
@@ -197,7 +200,11 @@ func (s *Store) takeTokens(ctx context.Context, limits []appliedLimit, now time.
 		return results, true, nil
 	}
 	taken := without(all, fromDB)
-	unlock := s.leases.lockGrants(limits, fromDB)
+	unlock, err := s.leases.lockGrants(ctx, limits, fromDB)
+	if err != nil {
+		s.leases.giveBack(limits, taken, now, results)
+		return nil, false, fmt.Errorf("keystore: take ratelimit tokens: %w", err)
+	}
 	defer unlock()
 	still := s.leases.takeAll(limits, now, results, fromDB) // refilled while this call waited?
 	taken, fromDB = append(taken, without(fromDB, still)...), still
@@ -207,7 +214,7 @@ func (s *Store) takeTokens(ctx context.Context, limits []appliedLimit, now time.
 
 	type grant struct{ tokens, used int64 }
 	grants := make([]grant, len(fromDB))
-	_, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
+	_, err = tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (struct{}, error) {
 		passed := true
 		for j, i := range fromDB {
 			l := limits[i]
@@ -286,8 +293,14 @@ func (t *tokenLeases) giveBack(limits []appliedLimit, taken []int, now time.Time
 }
 
 // lockGrants locks the grant stripes of the limits of indexes, in stripe
-// order, and returns the function that unlocks them.
-func (t *tokenLeases) lockGrants(limits []appliedLimit, indexes []int) func() {
+// order, and returns the function that unlocks them; or ctx's error, with
+// none locked, if ctx ends first.
+func (t *tokenLeases) lockGrants(ctx context.Context, limits []appliedLimit, indexes []int) (func(), error) {
+	t.grantsOnce.Do(func() {
+		for i := range t.grants {
+			t.grants[i] = make(chan struct{}, 1)
+		}
+	})
 	var stripes []int
 	for _, i := range indexes {
 		h := fnv.New32a()
@@ -298,14 +311,20 @@ func (t *tokenLeases) lockGrants(limits []appliedLimit, indexes []int) func() {
 	}
 	slices.Sort(stripes)
 	stripes = slices.Compact(stripes)
-	for _, i := range stripes {
-		t.grants[i].Lock()
-	}
-	return func() {
-		for _, i := range stripes {
-			t.grants[i].Unlock()
+	unlock := func(locked []int) {
+		for _, i := range locked {
+			<-t.grants[i]
 		}
 	}
+	for n, i := range stripes {
+		select {
+		case t.grants[i] <- struct{}{}:
+		case <-ctx.Done():
+			unlock(stripes[:n])
+			return nil, ctx.Err()
+		}
+	}
+	return func() { unlock(stripes) }, nil
 }
 
 // windowOf returns the start of l's window at now and its length, in Unix
