@@ -110,9 +110,10 @@ const maxKeyBytes = 512
 // more than its Limit in a window, across all Stores), CodeUsageExceeded.
 // A verification that is not valid spends no credits, and one that is rate
 // limited takes no ratelimit token; one whose credits fall short has taken
-// its tokens. With ratelimits to apply, VerifyKey also runs one transaction
-// of one statement per limit on the primary; the database failing is an
-// error, never a valid answer.
+// its tokens. Ratelimit tokens come from leases the Store takes from the
+// database (ratelimit.go): most calls take them from memory, and a call
+// whose leases are spent runs one transaction on the primary for a new one;
+// the database failing then is an error, never a valid answer.
 //
 // An invalid key is an answer, not an error: unknown, deleted,
 // other-key-space and other-workspace keys give CodeNotFound with a nil
