@@ -27,15 +27,18 @@ type Refill struct {
 	Day      int            // 1..31 for RefillMonthly, 0 for RefillDaily
 }
 
-// Ratelimit is a named limit of Limit requests per Duration attached to a
-// key. The library stores it; enforcing it is the caller's job. Duration is
-// at least a second and stored in milliseconds: a finer one is invalid
-// input rather than silently cut.
+// Ratelimit is a named limit of Limit tokens per Duration attached to a key
+// or to an identity (then shared by all its keys). VerifyKey enforces it
+// when it is AutoApply (one token a call) or requested by name
+// (VerifyKeyRequest.Ratelimits), in fixed windows of Duration counted from
+// the Unix epoch, with the database as the authority: never more than Limit
+// in a window, across all Stores. Duration is at least a second and stored
+// in milliseconds: a finer one is invalid input rather than silently cut.
 type Ratelimit struct {
 	Name      string        // 1..128 characters, not ending in a space; unique within a set
-	Limit     int64         // requests allowed per Duration; at least 1
+	Limit     int64         // tokens per window; 1..2^53
 	Duration  time.Duration // the window: at least a second, in whole milliseconds
-	AutoApply bool          // stored and returned as given; the library does not act on it
+	AutoApply bool          // applied to every verification at cost 1; otherwise only when requested
 }
 
 // CreateKeyRequest describes a key to create. WorkspaceID and KeySpaceID are
