@@ -224,7 +224,7 @@ func linkRoles(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string, name
 	if len(names) == 0 {
 		return nil
 	}
-	n, err := linkByName(ctx, tx, "keystore_key_roles", "role_id", "keystore_roles", "name", keyID, workspaceID, names)
+	n, err := linkByName(ctx, tx, "keystore_key_roles", "role_id", "keystore_roles", "name", keyID, workspaceID, names, false)
 	if err != nil {
 		return fmt.Errorf("keystore: link roles: %w", err)
 	}

@@ -132,7 +132,7 @@ func linkPermissions(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string
 	if len(slugs) == 0 {
 		return nil
 	}
-	n, err := linkByName(ctx, tx, "keystore_key_permissions", "permission_id", "keystore_permissions", "slug", keyID, workspaceID, slugs)
+	n, err := linkByName(ctx, tx, "keystore_key_permissions", "permission_id", "keystore_permissions", "slug", keyID, workspaceID, slugs, false)
 	if err != nil {
 		return fmt.Errorf("keystore: link permissions: %w", err)
 	}
@@ -144,12 +144,17 @@ func linkPermissions(ctx context.Context, tx *sqlx.Tx, keyID, workspaceID string
 
 // linkByName inserts a row (keyID, id) into the link table for every row of
 // source in workspaceID whose nameColumn is one of names, and returns how
-// many it linked. The INSERT ... SELECT reads them under shared locks, so it
-// sees rows other transactions just committed and keeps them from being
-// deleted until this transaction ends. The table and column names are
-// constants of the callers, never input.
-func linkByName(ctx context.Context, tx *sqlx.Tx, table, column, source, nameColumn, keyID, workspaceID string, names []string) (int64, error) {
-	res, err := tx.ExecContext(ctx, `INSERT INTO `+table+` (key_id, `+column+`)
+// many it linked; with keep, a link that exists already is kept (INSERT
+// IGNORE) rather than an error. The INSERT ... SELECT reads them under
+// shared locks, so it sees rows other transactions just committed and keeps
+// them from being deleted until this transaction ends. The table and column
+// names are constants of the callers, never input.
+func linkByName(ctx context.Context, tx *sqlx.Tx, table, column, source, nameColumn, keyID, workspaceID string, names []string, keep bool) (int64, error) {
+	insert := `INSERT`
+	if keep {
+		insert = `INSERT IGNORE`
+	}
+	res, err := tx.ExecContext(ctx, insert+` INTO `+table+` (key_id, `+column+`)
 		SELECT ?, id FROM `+source+` WHERE workspace_id = ? AND `+nameColumn+` IN (`+placeholders(len(names))+`)
 		LOCK IN SHARE MODE`, append([]any{keyID, workspaceID}, anys(names)...)...)
 	if err != nil {
@@ -193,8 +198,8 @@ func (d linkDeltas) apply(ctx context.Context, tx *sqlx.Tx, now time.Time, works
 		if err := ensurePermissions(ctx, tx, now, workspaceID, d.addPermissions); err != nil {
 			return err
 		}
-		if _, err := addLinks(ctx, tx, "keystore_key_permissions", "permission_id", "keystore_permissions", "slug",
-			keyID, workspaceID, d.addPermissions); err != nil {
+		if _, err := linkByName(ctx, tx, "keystore_key_permissions", "permission_id", "keystore_permissions", "slug",
+			keyID, workspaceID, d.addPermissions, true); err != nil {
 			return fmt.Errorf("keystore: add permissions: %w", err)
 		}
 	}
@@ -203,8 +208,8 @@ func (d linkDeltas) apply(ctx context.Context, tx *sqlx.Tx, now time.Time, works
 		return fmt.Errorf("keystore: remove permissions: %w", err)
 	}
 	if len(d.addRoles) > 0 {
-		if _, err := addLinks(ctx, tx, "keystore_key_roles", "role_id", "keystore_roles", "name",
-			keyID, workspaceID, d.addRoles); err != nil {
+		if _, err := linkByName(ctx, tx, "keystore_key_roles", "role_id", "keystore_roles", "name",
+			keyID, workspaceID, d.addRoles, true); err != nil {
 			return fmt.Errorf("keystore: add roles: %w", err)
 		}
 	}
@@ -213,17 +218,6 @@ func (d linkDeltas) apply(ctx context.Context, tx *sqlx.Tx, now time.Time, works
 		return fmt.Errorf("keystore: remove roles: %w", err)
 	}
 	return nil
-}
-
-// addLinks is linkByName keeping the links that exist already.
-func addLinks(ctx context.Context, tx *sqlx.Tx, table, column, source, nameColumn, keyID, workspaceID string, names []string) (int64, error) {
-	res, err := tx.ExecContext(ctx, `INSERT IGNORE INTO `+table+` (key_id, `+column+`)
-		SELECT ?, id FROM `+source+` WHERE workspace_id = ? AND `+nameColumn+` IN (`+placeholders(len(names))+`)
-		LOCK IN SHARE MODE`, append([]any{keyID, workspaceID}, anys(names)...)...)
-	if err != nil {
-		return 0, err
-	}
-	return res.RowsAffected()
 }
 
 // removeLinks deletes keyID's links to the rows of source in workspaceID
