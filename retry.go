@@ -150,15 +150,26 @@ func runTx[T any](ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn fu
 	v, err = fn(ctx, tx)
 	if err != nil {
 		rollback()
-		return v, err
+		return v, contextEnded(ctx, err)
 	}
 	if err := tx.Commit(); err != nil {
 		if !IsDeadlock(err) { // a deadlock or certification failure rolled it back
 			discard(conn)
 		}
-		return v, commitError(ctx, err)
+		return v, contextEnded(ctx, commitError(ctx, err))
 	}
 	return v, nil
+}
+
+// contextEnded returns err as ctx's error when it is sql.ErrTxDone after
+// ctx ended: database/sql rolled the transaction back when the context
+// ended (a statement or COMMIT racing that rollback gets ErrTxDone), so
+// nothing was written, and the caller's own context says why.
+func contextEnded(ctx context.Context, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, sql.ErrTxDone) {
+		return fmt.Errorf("keystore: %w (the transaction was rolled back as the context ended)", ctxErr)
+	}
+	return err
 }
 
 // begin starts a transaction, on a connection of its own when db can give

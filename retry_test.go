@@ -2,6 +2,7 @@ package keystore_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"sync/atomic"
 	"testing"
@@ -224,6 +225,41 @@ func TestCreateKeyWithEndedContextWritesNothing(t *testing.T) {
 	for table, n := range rowsInAllTables(t, db) {
 		if n != 0 {
 			t.Errorf("%s has %d rows", table, n)
+		}
+	}
+}
+
+// When the context ends, database/sql rolls the transaction back on its
+// own, and a statement or COMMIT that races that rollback gets
+// sql.ErrTxDone. WithRetryTx returns the context's error instead, and
+// nothing is written.
+func TestWithRetryTxContextEndRacingRollback(t *testing.T) {
+	_, db := newStore(t)
+	db.MustExec(`CREATE TABLE t (id INT PRIMARY KEY)`)
+	for _, atCommit := range []bool{false, true} {
+		ctx, cancel := context.WithCancel(context.Background())
+		_, err := keystore.WithRetryTx(ctx, db, func(ctx context.Context, tx *sqlx.Tx) (int, error) {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO t VALUES (1)`); err != nil {
+				return 0, err
+			}
+			cancel()
+			// Wait until database/sql has rolled the transaction back.
+			for {
+				_, err := tx.ExecContext(context.Background(), `SELECT 1`)
+				if errors.Is(err, sql.ErrTxDone) {
+					if atCommit {
+						return 0, nil // COMMIT then meets the rollback
+					}
+					return 0, err
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+		if !errors.Is(err, context.Canceled) || errors.Is(err, sql.ErrTxDone) {
+			t.Fatalf("at commit %v: %v, want the context's error, not sql.ErrTxDone", atCommit, err)
+		}
+		if n := count(t, db, `SELECT COUNT(*) FROM t`); n != 0 {
+			t.Fatalf("at commit %v: %d rows written", atCommit, n)
 		}
 	}
 }
