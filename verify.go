@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"slices"
@@ -120,7 +121,10 @@ const maxKeyBytes = 512
 // error. Errors: ErrInvalidInput for a malformed request (empty or
 // oversized key, negative cost, malformed permission query: then nothing is
 // read); ErrRetriesExhausted when the spend kept failing with retryable
-// errors or kept meeting changed credits; otherwise a database error.
+// errors or kept meeting changed credits; ErrAmbiguousCommit when the
+// spend's UPDATE was sent and its reply lost (the credit may have been
+// spent: it is never sent twice); otherwise a database error, and nothing
+// was spent.
 func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verification, error) {
 	if err := req.validate(); err != nil {
 		return Verification{}, err
@@ -294,7 +298,13 @@ func (s *Store) trySpend(ctx context.Context, keyID string, periodStart time.Tim
 		AND IF(refill_interval IS NOT NULL AND refilled_at < ?, refill_amount, remaining) >= ?`,
 		period, cost, period, period, keyID, utc(now), period, cost)
 	if err != nil {
-		return 0, false, fmt.Errorf("keystore: spend credits: %w", err)
+		err = fmt.Errorf("keystore: spend credits: %w", err)
+		if isConnectionLost(err) && !errors.Is(err, driver.ErrBadConn) {
+			// The UPDATE was sent and its reply lost: it may have spent.
+			// Sending it again could spend twice, so the caller is told.
+			err = &AmbiguousCommitError{Err: err}
+		}
+		return 0, false, err
 	}
 	n, err := res.RowsAffected()
 	if err != nil || n != 1 {
