@@ -291,6 +291,9 @@ func (s *Store) spend(ctx context.Context, req VerifyKeyRequest, row verifyRow, 
 // to right, so refilled_at's IF still sees the old refilled_at.
 func (s *Store) trySpend(ctx context.Context, keyID string, periodStart time.Time, cost int64, now time.Time) (left int64, spent bool, err error) {
 	period := utc(periodStart)
+	if err := ctx.Err(); err != nil {
+		return 0, false, err // nothing sent
+	}
 	res, err := s.db.ExecContext(ctx, `UPDATE keystore_keys SET
 		remaining = LAST_INSERT_ID(IF(refill_interval IS NOT NULL AND refilled_at < ?, refill_amount, remaining) - ?),
 		refilled_at = IF(refill_interval IS NOT NULL AND refilled_at < ?, ?, refilled_at)
@@ -299,9 +302,12 @@ func (s *Store) trySpend(ctx context.Context, keyID string, periodStart time.Tim
 		period, cost, period, period, keyID, utc(now), period, cost)
 	if err != nil {
 		err = fmt.Errorf("keystore: spend credits: %w", err)
-		if isConnectionLost(err) && !errors.Is(err, driver.ErrBadConn) {
-			// The UPDATE was sent and its reply lost: it may have spent.
-			// Sending it again could spend twice, so the caller is told.
+		lost := isConnectionLost(err) && !errors.Is(err, driver.ErrBadConn)
+		if lost || ctx.Err() != nil {
+			// The UPDATE was sent and its reply lost, or the context ended
+			// while it ran: it may have spent. Sending it again could spend
+			// twice, so the caller is told (and the error still matches
+			// the context's).
 			err = &AmbiguousCommitError{Err: err}
 		}
 		return 0, false, err

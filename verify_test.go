@@ -448,3 +448,45 @@ func TestVerifyKeyPermissionQuery(t *testing.T) {
 		t.Errorf("a malformed query spent credits: %d left", n)
 	}
 }
+
+// A context that ends while the credit spend's UPDATE runs leaves its
+// outcome unknown to the client: the error matches ErrAmbiguousCommit and
+// the context's error. One that ended before anything was sent is the
+// context's error alone.
+func TestVerifyKeyContextEndsDuringSpend(t *testing.T) {
+	s, db := newStore(t)
+	ctx := context.Background()
+	c, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Credits: &keystore.Credits{Remaining: 5}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder, err := db.Beginx() // holds the key's row, so the spend waits
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.Exec(`SELECT 1 FROM keystore_keys WHERE id = ? FOR UPDATE`, c.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	_, err = s.VerifyKey(short, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: c.Key})
+	if !errors.Is(err, keystore.ErrAmbiguousCommit) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("deadline during the spend: %v, want ErrAmbiguousCommit and DeadlineExceeded", err)
+	}
+	if err := holder.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	// The server may still run the orphaned UPDATE once the lock is free
+	// (it does not notice the client left while it waits for a lock): that
+	// is why the answer is "unknown", not "nothing spent". Either way it
+	// spends at most once.
+	time.Sleep(200 * time.Millisecond)
+	if n := count(t, db, `SELECT remaining FROM keystore_keys WHERE id = ?`, c.KeyID); n != 5 && n != 4 {
+		t.Fatalf("remaining %d after one interrupted spend of 5 credits", n)
+	}
+	ended, cancel2 := context.WithCancel(ctx)
+	cancel2()
+	if _, err := s.VerifyKey(ended, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: c.Key}); !errors.Is(err, context.Canceled) || errors.Is(err, keystore.ErrAmbiguousCommit) {
+		t.Fatalf("ended before: %v, want context.Canceled alone", err)
+	}
+}
