@@ -70,13 +70,33 @@ type audit struct {
 // trail returns the statements that record a mutation, written in the
 // mutation's own transaction whichever way it is sent (statement by
 // statement by writeTrail, or in one round trip by execOneTrip): the INSERT
-// of its audit events, unless the Store was made WithoutAudit. A row that
-// every mutation must write with its changes belongs here.
+// of its audit events, or under WithoutAudit the INSERT of its receipt. The
+// first trail built for the pending receipt ctx carries gives it its id
+// (the first event's, or the receipt row's). A row that every mutation
+// must write with its changes belongs here.
 func (s *Store) trail(ctx context.Context, now time.Time, workspaceID string, events []audit) []statement {
-	if insert, ok := s.auditInsert(ctx, now, workspaceID, events); ok {
-		return []statement{insert}
+	p := pendingFrom(ctx)
+	if s.noAudit {
+		if id := p.claim("rcp"); id != "" {
+			return []statement{{`INSERT INTO keystore_receipts (id, created_at) VALUES (?, ?)`, []any{id, utc(now)}}}
+		}
+		return nil
 	}
-	return nil
+	if len(events) == 0 {
+		return nil
+	}
+	actor := actorFrom(ctx)
+	args := make([]any, 0, 8*len(events))
+	for _, e := range events {
+		id := p.claim("evt")
+		if id == "" {
+			id = newID("evt")
+		}
+		args = append(args, id, workspaceID, actor, e.event,
+			nullString(e.keyID), nullString(e.identityID), nullString(e.roleID), utc(now))
+	}
+	return []statement{{`INSERT INTO keystore_audit_events
+		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at) VALUES ` + rows(len(events), 8), args}}
 }
 
 // writeTrail runs the trail of events in the caller's transaction.
@@ -89,34 +109,21 @@ func (s *Store) writeTrail(ctx context.Context, tx *sqlx.Tx, now time.Time, work
 	return nil
 }
 
-// auditInsert returns the INSERT of events, or false when there is nothing
-// to write (no events, or the Store was made WithoutAudit).
-func (s *Store) auditInsert(ctx context.Context, now time.Time, workspaceID string, events []audit) (statement, bool) {
-	if len(events) == 0 || s.noAudit {
-		return statement{}, false
-	}
-	actor := actorFrom(ctx)
-	args := make([]any, 0, 8*len(events))
-	for _, e := range events {
-		args = append(args, newID("evt"), workspaceID, actor, e.event,
-			nullString(e.keyID), nullString(e.identityID), nullString(e.roleID), utc(now))
-	}
-	return statement{`INSERT INTO keystore_audit_events
-		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at) VALUES ` + rows(len(events), 8), args}, true
-}
-
 // keyCreatedTrail is the trail of the key.create event of keyID, its
 // owner selected from the key's row: written only if the key was, with the
 // owner the key got. For a block whose key INSERT reads its owner (see
-// createKeyOneTrip).
+// createKeyOneTrip). It takes the id of ctx's pending receipt, which a
+// block that did not commit may have claimed before.
 func (s *Store) keyCreatedTrail(ctx context.Context, now time.Time, workspaceID, keyID string) []statement {
+	p := pendingFrom(ctx)
+	p.unclaim()
 	if s.noAudit {
-		return nil
+		return s.trail(ctx, now, workspaceID, nil)
 	}
 	return []statement{{`INSERT INTO keystore_audit_events
 		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at)
 		SELECT ?, ?, ?, ?, id, identity_id, NULL, ? FROM keystore_keys WHERE id = ?`,
-		[]any{newID("evt"), workspaceID, actorFrom(ctx), EventKeyCreate, utc(now), keyID}}}
+		[]any{p.claim("evt"), workspaceID, actorFrom(ctx), EventKeyCreate, utc(now), keyID}}}
 }
 
 // ListAuditEvents returns a page of the audit events of a workspace, oldest

@@ -30,6 +30,7 @@ const (
 	errQueryInterrupted  = 1317 // ER_QUERY_INTERRUPTED: KILL QUERY
 	errStatementTimeout  = 1969 // ER_STATEMENT_TIMEOUT (MariaDB): max_statement_time
 	errSignalException   = 1644 // ER_SIGNAL_EXCEPTION: SIGNAL SQLSTATE '45000' (requireRowWritten)
+	errUnknownThread     = 1094 // ER_NO_SUCH_THREAD: KILL of a thread that is gone
 	errClientGone        = 2006 // CR_SERVER_GONE_ERROR: Vitess's connection to MySQL broke, as "(errno 2006)"
 	errClientLost        = 2013 // CR_SERVER_LOST: the same, mid-query
 )
@@ -75,17 +76,48 @@ func (e *RetryError) Error() string {
 }
 func (e *RetryError) Unwrap() []error { return []error{ErrRetriesExhausted, e.Err} }
 
-// AmbiguousCommitError is returned when the connection failed after COMMIT
-// was sent: the transaction may or may not have been applied. It matches
+// AmbiguousCommitError is returned when a transaction's outcome is
+// unknown: the connection failed after COMMIT was sent and the outcome
+// could not be settled (see [Store.Settle]). It matches
 // [ErrAmbiguousCommit] and unwraps to the connection error.
 type AmbiguousCommitError struct {
 	Err error // the error that left the outcome unknown
+	// Receipt settles the outcome later with [Store.Settle]; nil where the
+	// transaction had none (WithRetryTx, VerifyKey's credit spend).
+	Receipt *Receipt
+	// KeyID is the key the transaction would have written (CreateKey,
+	// ImportKey, RerollKey), or "".
+	KeyID string
 }
 
 func (e *AmbiguousCommitError) Error() string {
-	return fmt.Sprintf("keystore: commit outcome unknown: %v", e.Err)
+	msg := "keystore: commit outcome unknown"
+	if e.KeyID != "" {
+		msg += " (key " + e.KeyID + ")"
+	}
+	if e.Receipt != nil {
+		msg += " (receipt " + e.Receipt.ID + ")"
+	}
+	return fmt.Sprintf("%s: %v", msg, e.Err)
 }
 func (e *AmbiguousCommitError) Unwrap() []error { return []error{ErrAmbiguousCommit, e.Err} }
+
+// withKeyID returns err with keyID set on the *AmbiguousCommitError it may
+// be.
+func withKeyID(err error, keyID string) error {
+	var unknown *AmbiguousCommitError
+	if errors.As(err, &unknown) {
+		unknown.KeyID = keyID
+	}
+	return err
+}
+
+// isUnknownThread reports whether err is KILL's answer for a thread that is
+// gone.
+func isUnknownThread(err error) bool {
+	n, ok := serverErrorNumber(err)
+	return ok && n == errUnknownThread
+}
 
 // serverErrorNumber returns the server's error number of err. Vitess and
 // PlanetScale pass MySQL's number through, and where a layer reports it as

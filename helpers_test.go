@@ -47,7 +47,8 @@ func storeOn(t testing.TB, dsn string, maxOpen int, opts ...keystore.Option) (*k
 
 var allTables = []string{"keystore_identities", "keystore_keys", "keystore_permissions", "keystore_roles",
 	"keystore_key_permissions", "keystore_key_roles",
-	"keystore_role_permissions", "keystore_audit_events", "keystore_old_hashes", "keystore_ratelimits"}
+	"keystore_role_permissions", "keystore_audit_events", "keystore_old_hashes", "keystore_ratelimits",
+	"keystore_receipts"}
 
 // rowsInAllTables counts the rows of every keystore table.
 func rowsInAllTables(t testing.TB, db *sqlx.DB) map[string]int {

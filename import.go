@@ -97,6 +97,9 @@ func (s *Store) importKeys(ctx context.Context, reqs []ImportKeyRequest, fieldFo
 		return s.writeImports(ctx, tx, keys, fieldFormat, now)
 	})
 	if err != nil {
+		if len(keys) == 1 {
+			err = withKeyID(err, keys[0].keyID)
+		}
 		return nil, err
 	}
 	for _, k := range keys {

@@ -81,7 +81,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 	if len(permissions)+len(roles) == 0 {
 		identityID, done, err := s.createKeyOneTrip(ctx, now, req, keyID, keyRow())
 		if err != nil {
-			return CreatedKey{}, err
+			return CreatedKey{}, withKeyID(err, keyID)
 		}
 		if done {
 			s.hints.add(req.WorkspaceID, req.ExternalID, identityID)
@@ -129,7 +129,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 		return identityID, s.writeTrail(ctx, tx, now, req.WorkspaceID, events...)
 	})
 	if err != nil {
-		return CreatedKey{}, err
+		return CreatedKey{}, withKeyID(err, keyID)
 	}
 	s.hints.add(req.WorkspaceID, req.ExternalID, identityID)
 	return CreatedKey{KeyID: keyID, Key: plaintext, IdentityID: identityID}, nil
@@ -151,6 +151,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 // TxOptions, or the owner was deleted (since the Store saw it, or between
 // the blocks).
 func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateKeyRequest, keyID string, cols columns) (identityID string, done bool, err error) {
+	ctx = withPending(ctx, &pending{})
 	var stmts []statement
 	events := []audit{{event: EventKeyCreate, keyID: keyID}}
 	hinted, seen := s.hints.get(req.WorkspaceID, req.ExternalID)
@@ -670,7 +671,7 @@ func (s *Store) RerollKey(ctx context.Context, req RerollKeyRequest) (CreatedKey
 		return CreatedKey{}, err
 	}
 	now := s.clock()
-	return tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (CreatedKey, error) {
+	created, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (CreatedKey, error) {
 		var old struct {
 			Start      string         `db:"start"`
 			Hash       []byte         `db:"hash"`
@@ -703,6 +704,7 @@ func (s *Store) RerollKey(ctx context.Context, req RerollKeyRequest) (CreatedKey
 			audit{event: EventKeyReroll, keyID: req.KeyID, identityID: old.IdentityID.String})
 		return CreatedKey{KeyID: req.KeyID, Key: plaintext, IdentityID: old.IdentityID.String}, err
 	})
+	return created, withKeyID(err, req.KeyID)
 }
 
 // prefixOf returns the prefix of a key whose Start is start: newSecret's

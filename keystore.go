@@ -31,7 +31,9 @@ type Store struct {
 	replica     *replica // nil: none
 	session     sessionCheck
 	leases      tokenLeases // ratelimit tokens granted to this Store
-	prepared    preparedStatements
+	// settleTimeout bounds the settling of a lost commit (settle.go).
+	settleTimeout time.Duration
+	prepared      preparedStatements
 	// noReturning is set once the server rejected INSERT ... RETURNING,
 	// noOneTrip once it rejected an anonymous block (see execOneTrip).
 	noReturning, noOneTrip atomic.Bool
@@ -85,12 +87,15 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 	if name := db.DriverName(); name != "mysql" {
 		return nil, fmt.Errorf("keystore: New: driver %q is not supported, use github.com/go-sql-driver/mysql (\"mysql\")", name)
 	}
-	s := &Store{db: db, now: time.Now, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s := &Store{db: db, now: time.Now, log: slog.New(slog.NewTextHandler(io.Discard, nil)), settleTimeout: DefaultSettleTimeout}
 	for _, o := range opts {
 		o(s)
 	}
 	if s.now == nil || s.log == nil {
 		return nil, errors.New("keystore: New: WithClock and WithLogger need a non-nil argument")
+	}
+	if s.settleTimeout <= 0 {
+		return nil, errors.New("keystore: New: WithSettleTimeout needs a positive duration")
 	}
 	if r := s.replica; r != nil && r.timeout <= 0 {
 		return nil, errors.New("keystore: New: WithReplicaTimeout needs a positive duration")
@@ -104,13 +109,20 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 }
 
 // tx runs fn in a retried transaction with the Store's retry policy and
-// then extra.
+// then extra. Each attempt carries a pending receipt in fn's ctx for the
+// trail fn writes, and a commit whose reply was lost is settled with it
+// (settle.go).
 func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *sqlx.Tx) (T, error), extra ...RetryOption) (T, error) {
 	if err := s.session.verify(ctx, s.db); err != nil {
 		var zero T
 		return zero, err
 	}
-	return WithRetryTx(ctx, s.db, fn, append(s.retry[:len(s.retry):len(s.retry)], extra...)...)
+	cfg := newRetryConfig(append(s.retry[:len(s.retry):len(s.retry)], extra...))
+	return retry(ctx, &cfg, func() (T, error) {
+		p := &pending{}
+		v, err := runTx(withPending(ctx, p), s.db, cfg.txOptions, fn, p.sentOn)
+		return v, s.settled(ctx, p, err)
+	})
 }
 
 // readCommitted runs a transaction at READ COMMITTED, for transactions that

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/jmoiron/sqlx"
@@ -72,6 +73,10 @@ var errNoOneTrip = errors.New("keystore: server has no anonymous compound statem
 // query of one column, it runs last before the COMMIT and execOneTrip
 // returns that column of its first row ("" for none or NULL). It returns
 // errNoOneTrip, having written nothing, when the Store cannot (see above).
+//
+// stmts include the trail built for the pending receipt ctx carries; a
+// block whose reply was lost is settled with it (settle.go), and read then
+// runs again on its own.
 func (s *Store) execOneTrip(ctx context.Context, read statement, stmts ...statement) (string, error) {
 	if s.noOneTrip.Load() || s.retryConfig.txOptions != nil {
 		return "", errNoOneTrip
@@ -91,18 +96,38 @@ func (s *Store) execOneTrip(ctx context.Context, read statement, stmts ...statem
 	}
 	b.WriteString("END")
 	query := b.String()
+	p := pendingFrom(ctx)
 	return retry(ctx, &s.retryConfig, func() (string, error) {
-		return s.oneTrip(ctx, query, args)
+		value, err := s.oneTrip(ctx, p, query, args)
+		if err == nil || p == nil {
+			return value, err
+		}
+		if err := s.settled(ctx, p, err); err != nil || read.query == "" {
+			return "", err
+		}
+		readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.settleTimeout)
+		defer cancel()
+		var v sql.NullString
+		if err := s.db.GetContext(readCtx, &v, read.query, read.args...); err != nil {
+			return "", fmt.Errorf("keystore: read back after a settled commit: %w", err)
+		}
+		return v.String, nil
 	})
 }
 
-// oneTrip is one attempt of execOneTrip.
-func (s *Store) oneTrip(ctx context.Context, query string, args []any) (string, error) {
+// oneTrip is one attempt of execOneTrip, recording its connection in p
+// (when not nil).
+func (s *Store) oneTrip(ctx context.Context, p *pending, query string, args []any) (string, error) {
 	conn, err := s.db.Connx(ctx)
 	if err != nil {
 		return "", err
 	}
 	defer conn.Close()
+	if p != nil {
+		if err := p.sentOn(ctx, conn); err != nil {
+			return "", err
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return "", err // nothing sent
 	}

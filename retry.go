@@ -91,7 +91,7 @@ func TxOptions(opts *sql.TxOptions) RetryOption {
 // comes is bounded only by the DSN's readTimeout and writeTimeout; set them.
 func WithRetryTx[T any](ctx context.Context, db TxBeginner, fn func(ctx context.Context, tx *sqlx.Tx) (T, error), opts ...RetryOption) (T, error) {
 	cfg := newRetryConfig(opts)
-	return retry(ctx, &cfg, func() (T, error) { return runTx(ctx, db, cfg.txOptions, fn) })
+	return retry(ctx, &cfg, func() (T, error) { return runTx(ctx, db, cfg.txOptions, fn, nil) })
 }
 
 // retry runs attempt, a whole transaction, until it succeeds, fails with an
@@ -128,8 +128,12 @@ func retry[T any](ctx context.Context, cfg *retryConfig, attempt func() (T, erro
 // server rolled back (a Galera node that is not ready refuses both with
 // 1047). Closing it makes the server roll the transaction back; back in the
 // pool, the next BEGIN on it would have committed it.
-func runTx[T any](ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx context.Context, tx *sqlx.Tx) (T, error)) (v T, err error) {
-	conn, tx, err := begin(ctx, db, opts)
+//
+// onConn, when not nil, is called with the dedicated connection before
+// BEGIN is sent on it.
+func runTx[T any](ctx context.Context, db TxBeginner, opts *sql.TxOptions, fn func(ctx context.Context, tx *sqlx.Tx) (T, error),
+	onConn func(context.Context, *sqlx.Conn) error) (v T, err error) {
+	conn, tx, err := begin(ctx, db, opts, onConn)
 	if err != nil {
 		return v, err
 	}
@@ -173,8 +177,8 @@ func contextEnded(ctx context.Context, err error) error {
 }
 
 // begin starts a transaction, on a connection of its own when db can give
-// one (conn is nil otherwise).
-func begin(ctx context.Context, db TxBeginner, opts *sql.TxOptions) (*sqlx.Conn, *sqlx.Tx, error) {
+// one (conn is nil otherwise), passed to onConn (if not nil) first.
+func begin(ctx context.Context, db TxBeginner, opts *sql.TxOptions, onConn func(context.Context, *sqlx.Conn) error) (*sqlx.Conn, *sqlx.Tx, error) {
 	pool, ok := db.(interface {
 		Connx(ctx context.Context) (*sqlx.Conn, error)
 	})
@@ -185,6 +189,12 @@ func begin(ctx context.Context, db TxBeginner, opts *sql.TxOptions) (*sqlx.Conn,
 	conn, err := pool.Connx(ctx)
 	if err != nil {
 		return nil, nil, err
+	}
+	if onConn != nil {
+		if err := onConn(ctx, conn); err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
 	}
 	tx, err := conn.BeginTxx(ctx, opts)
 	if err != nil {

@@ -1,0 +1,316 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// Settling a commit whose reply was lost.
+//
+// Every mutation writes, in its own transaction, a row under an id the
+// Store chose before sending it: its first audit event, or under
+// WithoutAudit a row of keystore_receipts. That row is its receipt. When
+// the reply to the COMMIT is lost (a connection reset, ctx ending while the
+// one-round-trip block runs), the Store settles the outcome before it
+// returns:
+//
+//  1. On a new connection to the same server, it KILLs the server thread
+//     that ran the transaction, unless the server restarted since (then
+//     nothing of it is still running), and waits until the thread is gone
+//     from the process list. A thread's transaction ends, committed or
+//     rolled back, before the thread leaves the list, and a killed thread
+//     runs nothing more of what its client sent.
+//  2. It reads the receipt. Present: the transaction committed, and the
+//     call returns its result. Absent: it never will, so the call runs it
+//     again (or, when ctx has ended, returns ctx's error).
+//
+// A plain read without step 1 would not be final: the transaction may still
+// be running, or (on a half-open connection) be held open for hours. The
+// thread id is asked of the server once per pooled connection (one
+// SELECT when the Store first uses it) and kept with the connection.
+//
+// Settling is bounded by the Store's settle timeout, not by the call's
+// ctx. When the server cannot be reached for all of it, the call returns
+// an *AmbiguousCommitError carrying the Receipt, which [Store.Settle]
+// settles later.
+
+// DefaultSettleTimeout is how long a Store tries to settle a lost commit
+// before it returns ErrAmbiguousCommit; see [WithSettleTimeout].
+const DefaultSettleTimeout = 5 * time.Second
+
+// WithSettleTimeout sets how long a call tries to settle the outcome of a
+// commit whose reply was lost (reaching the server again, waiting for the
+// old connection's thread to end) before it returns an error matching
+// ErrAmbiguousCommit. The time runs even when the call's ctx has ended:
+// that is what lets such a call return success or ctx's error with
+// nothing written, instead of "unknown". Default [DefaultSettleTimeout].
+func WithSettleTimeout(d time.Duration) Option {
+	return func(s *Store) { s.settleTimeout = d }
+}
+
+// Receipt identifies a mutation's transaction, so that whether it committed
+// can be found out after the reply to its COMMIT was lost. It is plain
+// data: keep it (say, as JSON) and settle it with [Store.Settle].
+type Receipt struct {
+	// ID is the id of the row the transaction wrote as its receipt: its
+	// first audit event ("evt_..."), or its row of keystore_receipts
+	// ("rcp_...") on a Store made WithoutAudit.
+	ID string
+	// Server is the server that ran the transaction (@@hostname:@@port),
+	// Thread its connection id there (CONNECTION_ID()), and SeenAt a time
+	// at which that thread was known to be alive.
+	Server string
+	Thread uint64
+	SeenAt time.Time
+}
+
+// Settle finds out whether the transaction of receipt r committed, from
+// the server that ran it: it ends the transaction's connection if it is
+// still open (KILL), then reads the receipt's row. committed is final:
+// true, the mutation is there in full; false, nothing of it was written
+// and nothing of it will be, so running the call again is safe.
+//
+// Errors: ErrInvalidInput for a receipt without ID or Server;
+// ErrAmbiguousCommit (wrapping the last cause) when the server could not be
+// reached within ctx and the Store's settle timeout. Settle needs no
+// privilege beyond the Store's own: a user may KILL its own connections.
+func (s *Store) Settle(ctx context.Context, r Receipt) (committed bool, err error) {
+	if _, ok := receiptTable(r.ID); !ok {
+		return false, invalid("ID", "is not a receipt id (evt_... or rcp_...)")
+	}
+	if r.Server == "" {
+		return false, invalid("Server", "is empty")
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.settleTimeout)
+	defer cancel()
+	committed, err = s.settle(ctx, r)
+	if err != nil {
+		return false, &AmbiguousCommitError{Err: err, Receipt: &r}
+	}
+	return committed, nil
+}
+
+// settled returns err, the error of an attempt that wrote receipt p, or,
+// when err left the attempt's outcome unknown, what settling found: nil
+// when the attempt committed; when it did not, ctx's error if ctx has
+// ended, or else an error that retry runs the attempt again for; err
+// carrying the receipt when the settle timeout passed first.
+func (s *Store) settled(ctx context.Context, p *pending, err error) error {
+	var unknown *AmbiguousCommitError
+	if !errors.As(err, &unknown) || p.receipt.ID == "" || p.receipt.Server == "" {
+		return err
+	}
+	settleCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.settleTimeout)
+	defer cancel()
+	committed, settleErr := s.settle(settleCtx, p.receipt)
+	switch {
+	case settleErr != nil:
+		r := p.receipt
+		s.log.Warn("keystore: could not settle a lost commit", "receipt", r.ID, "err", settleErr)
+		return &AmbiguousCommitError{Err: unknown.Err, Receipt: &r}
+	case committed:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("keystore: %w (the transaction did not commit)", ctx.Err())
+	}
+	return fmt.Errorf("%w: %w", errNotCommitted, unknown.Err)
+}
+
+// errNotCommitted: a commit whose reply was lost was settled as not
+// committed; retry runs the transaction again.
+var errNotCommitted = retryableError("keystore: the transaction did not commit")
+
+// settle runs settleOnce until it gives an answer or ctx ends.
+func (s *Store) settle(ctx context.Context, r Receipt) (committed bool, err error) {
+	for pause := time.Millisecond; ; pause = min(2*pause, 100*time.Millisecond) {
+		committed, err = s.settleOnce(ctx, r)
+		if err == nil {
+			return committed, nil
+		}
+		if sleep(ctx, pause) != nil {
+			return false, err
+		}
+	}
+}
+
+// settleOnce is one try of settle, on one connection.
+func (s *Store) settleOnce(ctx context.Context, r Receipt) (bool, error) {
+	conn, err := s.db.Connx(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	here, err := serverThreads.of(ctx, conn)
+	if err != nil {
+		return false, err
+	}
+	if here.Server != r.Server {
+		// Another server behind the same address (a load balancer over
+		// Galera nodes): thread ids are the server's own. A new
+		// connection may reach the right one.
+		discard(conn)
+		return false, fmt.Errorf("keystore: settle: connected to %s, the transaction ran on %s", here.Server, r.Server)
+	}
+	var status struct {
+		Name  string `db:"Variable_name"`
+		Value string `db:"Value"`
+	}
+	if err := conn.GetContext(ctx, &status, `SHOW GLOBAL STATUS LIKE 'Uptime'`); err != nil {
+		return false, err
+	}
+	uptime, err := strconv.ParseFloat(status.Value, 64)
+	if err != nil {
+		return false, fmt.Errorf("keystore: settle: Uptime %q: %w", status.Value, err)
+	}
+	// Uptime counts whole seconds. The thread was alive at SeenAt, so a
+	// server up for at least that long has not restarted since; one up
+	// for a second less certainly has, and nothing of the old run is
+	// still going. In between, a thread of that id may be another's.
+	elapsed := time.Since(r.SeenAt).Seconds()
+	switch sameRun, restarted := uptime >= elapsed, uptime+1 <= elapsed; {
+	case sameRun:
+		if _, err := conn.ExecContext(ctx, `KILL CONNECTION ?`, r.Thread); err != nil && !isUnknownThread(err) {
+			return false, fmt.Errorf("keystore: settle: kill thread %d: %w", r.Thread, err)
+		}
+		if err := waitThreadGone(ctx, conn, r.Thread); err != nil {
+			return false, err
+		}
+	case !restarted:
+		if err := waitThreadGone(ctx, conn, r.Thread); err != nil {
+			return false, err
+		}
+	}
+	table, _ := receiptTable(r.ID)
+	var found bool
+	if err := conn.GetContext(ctx, &found, `SELECT EXISTS (SELECT 1 FROM `+table+` WHERE id = ?)`, r.ID); err != nil {
+		return false, err
+	}
+	return found, nil
+}
+
+// waitThreadGone waits until no thread of id is in the server's process
+// list.
+func waitThreadGone(ctx context.Context, conn *sqlx.Conn, id uint64) error {
+	for pause := time.Millisecond; ; pause = min(2*pause, 50*time.Millisecond) {
+		var n int
+		if err := conn.GetContext(ctx, &n, `SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?`, id); err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+		if err := sleep(ctx, pause); err != nil {
+			return fmt.Errorf("keystore: settle: thread %d still running: %w", id, err)
+		}
+	}
+}
+
+// receiptTable returns the table a receipt of id is written to.
+func receiptTable(id string) (string, bool) {
+	switch {
+	case strings.HasPrefix(id, "evt_"):
+		return "keystore_audit_events", true
+	case strings.HasPrefix(id, "rcp_"):
+		return "keystore_receipts", true
+	}
+	return "", false
+}
+
+// pending is the receipt of the transaction being built and sent: the
+// first trail written into it (see Store.trail) takes its ID, and the
+// connection that sends it fills in the rest.
+type pending struct {
+	receipt Receipt
+}
+
+type pendingKey struct{}
+
+// withPending returns ctx carrying p, for the trail and the sending of one
+// transaction.
+func withPending(ctx context.Context, p *pending) context.Context {
+	return context.WithValue(ctx, pendingKey{}, p)
+}
+
+// pendingFrom returns the pending receipt ctx carries, or nil.
+func pendingFrom(ctx context.Context) *pending {
+	p, _ := ctx.Value(pendingKey{}).(*pending)
+	return p
+}
+
+// claim returns a new receipt id with prefix for the first trail written
+// into p, and "" after that (or when p is nil).
+func (p *pending) claim(prefix string) string {
+	if p == nil || p.receipt.ID != "" {
+		return ""
+	}
+	p.receipt.ID = newID(prefix)
+	return p.receipt.ID
+}
+
+// unclaim forgets p's id, for a transaction built again after the one
+// that claimed it was rolled back.
+func (p *pending) unclaim() {
+	if p != nil {
+		p.receipt.ID = ""
+	}
+}
+
+// sentOn records that p's transaction is sent on conn.
+func (p *pending) sentOn(ctx context.Context, conn *sqlx.Conn) error {
+	t, err := serverThreads.of(ctx, conn)
+	if err != nil {
+		return err
+	}
+	p.receipt.Server, p.receipt.Thread, p.receipt.SeenAt = t.Server, t.Thread, t.SeenAt
+	return nil
+}
+
+// serverThreads remembers the server thread behind each pooled connection
+// that a Store has written on, for every Store of the process: a thread is
+// the connection's, whichever Store uses it.
+var serverThreads threads
+
+// threads maps connections to their server threads.
+type threads struct {
+	mu sync.Mutex
+	m  map[any]Receipt // by driver connection; ID unset
+}
+
+// maxThreads bounds threads.m: connections the pool closed on its own
+// stay in it until it is cleared.
+const maxThreads = 4096
+
+// of returns the server and thread id of conn, asking the server the first
+// time.
+func (t *threads) of(ctx context.Context, conn *sqlx.Conn) (Receipt, error) {
+	var dc any
+	_ = conn.Raw(func(c any) error { dc = c; return nil })
+	t.mu.Lock()
+	r, ok := t.m[dc]
+	t.mu.Unlock()
+	if ok {
+		return r, nil
+	}
+	var row struct {
+		Thread uint64 `db:"thread"`
+		Server string `db:"server"`
+	}
+	if err := conn.GetContext(ctx, &row, `SELECT CONNECTION_ID() AS thread, CONCAT(@@hostname, ':', @@port) AS server`); err != nil {
+		return Receipt{}, err
+	}
+	r = Receipt{Server: row.Server, Thread: row.Thread, SeenAt: time.Now()}
+	t.mu.Lock()
+	if t.m == nil || len(t.m) >= maxThreads {
+		t.m = map[any]Receipt{}
+	}
+	t.m[dc] = r
+	t.mu.Unlock()
+	return r, nil
+}
