@@ -110,11 +110,13 @@ func (s *Store) settled(ctx context.Context, p *pending, err error) error {
 	settleCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.settleTimeout)
 	defer cancel()
 	committed, settleErr := s.settle(settleCtx, p.receipt)
-	switch {
-	case settleErr != nil:
+	if settleErr != nil {
 		r := p.receipt
 		s.log.Warn("keystore: could not settle a lost commit", "receipt", r.ID, "err", settleErr)
 		return &AmbiguousCommitError{Err: unknown.Err, Receipt: &r}
+	}
+	s.log.Info("keystore: settled a lost commit", "receipt", p.receipt.ID, "committed", committed, "err", unknown.Err)
+	switch {
 	case committed:
 		return nil
 	case ctx.Err() != nil:
@@ -171,10 +173,13 @@ func (s *Store) settleOnce(ctx context.Context, r Receipt) (bool, error) {
 	}
 	// Uptime counts whole seconds. The thread was alive at SeenAt, so a
 	// server up for at least that long has not restarted since; one up
-	// for a second less certainly has, and nothing of the old run is
-	// still going. In between, a thread of that id may be another's.
+	// for a second less, or handing out smaller thread ids than the old
+	// one (they only grow within a run), certainly has, and nothing of
+	// the old run is still going. In between, a thread of that id may be
+	// another's: it is waited for, never killed.
 	elapsed := time.Since(r.SeenAt).Seconds()
-	switch sameRun, restarted := uptime >= elapsed, uptime+1 <= elapsed; {
+	restarted := uptime+1 <= elapsed || here.Thread < r.Thread
+	switch sameRun := uptime >= elapsed && !restarted; {
 	case sameRun:
 		if _, err := conn.ExecContext(ctx, `KILL CONNECTION ?`, r.Thread); err != nil && !isUnknownThread(err) {
 			return false, fmt.Errorf("keystore: settle: kill thread %d: %w", r.Thread, err)
