@@ -63,9 +63,10 @@ type Receipt struct {
 	// first audit event ("evt_..."), or its row of keystore_receipts
 	// ("rcp_...") on a Store made WithoutAudit.
 	ID string
-	// Server is the server that ran the transaction (@@hostname:@@port),
-	// Thread its connection id there (CONNECTION_ID()), and SeenAt a time
-	// at which that thread was known to be alive.
+	// Server is the server that ran the transaction (@@hostname and
+	// @@datadir, which a restart keeps), Thread its connection id there
+	// (CONNECTION_ID()), and SeenAt a time at which that thread was known
+	// to be alive.
 	Server string
 	Thread uint64
 	SeenAt time.Time
@@ -307,7 +308,7 @@ func (t *threads) of(ctx context.Context, conn *sqlx.Conn) (Receipt, error) {
 		Thread uint64 `db:"thread"`
 		Server string `db:"server"`
 	}
-	if err := conn.GetContext(ctx, &row, `SELECT CONNECTION_ID() AS thread, CONCAT(@@hostname, ':', @@port) AS server`); err != nil {
+	if err := conn.GetContext(ctx, &row, `SELECT CONNECTION_ID() AS thread, CONCAT(@@hostname, ':', @@datadir) AS server`); err != nil {
 		return Receipt{}, err
 	}
 	r = Receipt{Server: row.Server, Thread: row.Thread, SeenAt: time.Now()}

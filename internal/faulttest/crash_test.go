@@ -3,6 +3,7 @@ package faulttest
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
@@ -16,16 +17,36 @@ import (
 )
 
 // TestServerKilledMidLoad: 8 goroutines create keys while the server is
-// killed with SIGKILL and, after a moment, restarted on the same data
-// directory (InnoDB crash recovery). The Store and its pool are kept
-// throughout. During the outage calls fail, each with a classified error;
-// after the restart every call succeeds; every key that a call reported as
-// created survived the crash, and nothing is duplicated or half-written.
+// killed with SIGKILL and restarted on the same data directory (InnoDB crash
+// recovery). The Store and its pool are kept throughout.
+//
+//   - Restarted within the Store's settle timeout: a call whose commit was
+//     lost settles it after the restart, so every call returns success or
+//     a definite error (retries exhausted, nothing written), never
+//     ErrAmbiguousCommit.
+//   - Restarted after it: such a call returns ErrAmbiguousCommit with the
+//     receipt and the key's id, and Store.Settle, after the restart, says
+//     exactly whether that key is there.
+//
+// Either way, after the restart every call succeeds, every key a call
+// reported as created survived the crash, the keys are exactly those, and
+// nothing is duplicated or half-written.
 //
 // The test starts a server of its own, so that killing it disturbs no other
 // test. The pool dials whatever address the server has now, in case the
 // restart had to move to another port.
 func TestServerKilledMidLoad(t *testing.T) {
+	t.Run("restart within the settle timeout", func(t *testing.T) {
+		crashUnderLoad(t, keystore.DefaultSettleTimeout, 300*time.Millisecond)
+	})
+	t.Run("restart after the settle timeout", func(t *testing.T) {
+		crashUnderLoad(t, 100*time.Millisecond, 1500*time.Millisecond)
+	})
+}
+
+// crashUnderLoad runs TestServerKilledMidLoad with a Store whose settle
+// timeout is settle and a server down for at least down.
+func crashUnderLoad(t *testing.T, settle, down time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	srv, err := mariadb.Start(ctx)
@@ -64,7 +85,8 @@ func TestServerKilledMidLoad(t *testing.T) {
 	}
 
 	var retries atomic.Int64
-	store, err := keystore.New(db, keystore.WithRetryOptions(
+	settles := &settleLog{}
+	store, err := keystore.New(db, keystore.WithSettleTimeout(settle), keystore.WithLogger(slog.New(settles)), keystore.WithRetryOptions(
 		keystore.OnRetry(func(int, error) { retries.Add(1) })))
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +100,7 @@ func TestServerKilledMidLoad(t *testing.T) {
 	var mu sync.Mutex
 	counts := [3]map[outcome]int{{}, {}, {}}
 	var keyIDs []string
+	var unknown []*keystore.AmbiguousCommitError
 	var samples []string
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -103,10 +126,13 @@ func TestServerKilledMidLoad(t *testing.T) {
 				}
 				mu.Lock()
 				counts[p][o]++
-				if o == succeeded {
+				var u *keystore.AmbiguousCommitError
+				switch {
+				case o == succeeded:
 					keyIDs = append(keyIDs, k.KeyID)
-				}
-				if o == unclassified && len(samples) < 5 {
+				case o == ambiguous && errors.As(err, &u):
+					unknown = append(unknown, u)
+				case o == unclassified && len(samples) < 5:
 					samples = append(samples, err.Error())
 				}
 				mu.Unlock()
@@ -118,7 +144,7 @@ func TestServerKilledMidLoad(t *testing.T) {
 	phase.Store(1)
 	srv.Kill()
 	killedAt := time.Now()
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(down)
 	if err := srv.Restart(ctx); err != nil {
 		close(stop)
 		wg.Wait()
@@ -140,7 +166,8 @@ func TestServerKilledMidLoad(t *testing.T) {
 		t.Logf("%s: %d succeeded, %d ambiguous commits, %d retries exhausted, %d unclassified",
 			name, c[succeeded], c[ambiguous], c[exhausted], c[unclassified])
 	}
-	t.Logf("retries: %d", retries.Load())
+	t.Logf("retries: %d; lost commits settled by the calls: %d committed, %d not", retries.Load(),
+		settles.committed.Load(), settles.rolledBack.Load())
 	for _, s := range samples {
 		t.Errorf("unclassified error: %s", s)
 	}
@@ -150,6 +177,9 @@ func TestServerKilledMidLoad(t *testing.T) {
 			t.Errorf("calls %s (the server was up all along): %v, want only successes", []string{"before the kill", "", "after the restart"}[p], c)
 		}
 	}
+	if settle == keystore.DefaultSettleTimeout && len(unknown) > 0 {
+		t.Errorf("%d calls returned ErrAmbiguousCommit although the server was back within the settle timeout", len(unknown))
+	}
 
 	ids := checkInvariants(t, db, w.workspace, w.want)
 	for _, id := range keyIDs {
@@ -157,12 +187,29 @@ func TestServerKilledMidLoad(t *testing.T) {
 			t.Errorf("key %s: CreateKey succeeded but the key did not survive the crash", id)
 		}
 	}
-	ok, amb := 0, 0
-	for _, c := range counts {
-		ok, amb = ok+c[succeeded], amb+c[ambiguous]
+	// Each unknown outcome, settled now, says exactly whether its key is
+	// there.
+	settledCommitted := 0
+	for _, u := range unknown {
+		if u.Receipt == nil || u.KeyID == "" {
+			t.Errorf("ErrAmbiguousCommit without receipt or key id: %v", u)
+			continue
+		}
+		committed, err := store.Settle(ctx, *u.Receipt)
+		if err != nil {
+			t.Errorf("Settle %s: %v", u.Receipt.ID, err)
+			continue
+		}
+		if committed != ids[u.KeyID] {
+			t.Errorf("Settle of key %s: committed %v, the key is there: %v", u.KeyID, committed, ids[u.KeyID])
+		}
+		if committed {
+			settledCommitted++
+		}
 	}
-	if len(ids) < ok || len(ids) > ok+amb {
-		t.Errorf("%d keys in the database, want between %d and %d", len(ids), ok, ok+amb)
+	t.Logf("ambiguous commits settled after the restart: %d committed, %d not", settledCommitted, len(unknown)-settledCommitted)
+	if want := len(keyIDs) + settledCommitted; len(ids) != want {
+		t.Errorf("%d keys in the database, want %d (successes, and ambiguous commits settled as committed)", len(ids), want)
 	}
 	waitIdle(t, db)
 }

@@ -65,7 +65,9 @@ func TestMutationsUnderFaults(t *testing.T) {
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range workers {
-		wg.Go(func() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
 			var mine []string
 			for i := range rounds {
@@ -104,7 +106,7 @@ func TestMutationsUnderFaults(t *testing.T) {
 					}
 				}
 			}
-		})
+		}()
 	}
 	wg.Wait()
 	close(done)
@@ -168,8 +170,8 @@ type settleLog struct {
 }
 
 func (h *settleLog) Enabled(context.Context, slog.Level) bool { return true }
-func (h *settleLog) WithAttrs([]slog.Attr) slog.Handler      { return h }
-func (h *settleLog) WithGroup(string) slog.Handler           { return h }
+func (h *settleLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *settleLog) WithGroup(string) slog.Handler            { return h }
 func (h *settleLog) Handle(_ context.Context, r slog.Record) error {
 	if r.Message != "keystore: settled a lost commit" {
 		return nil
