@@ -204,7 +204,7 @@ func (s *Store) settleOnce(ctx context.Context, r Receipt) (bool, error) {
 // waitThreadGone waits until no thread of id is in the server's process
 // list.
 func waitThreadGone(ctx context.Context, conn *sqlx.Conn, id uint64) error {
-	for pause := time.Millisecond; ; pause = min(2*pause, 50*time.Millisecond) {
+	for pause := 500 * time.Microsecond; ; pause = min(2*pause, 5*time.Millisecond) {
 		var n int
 		if err := conn.GetContext(ctx, &n, `SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?`, id); err != nil {
 			return err
