@@ -54,7 +54,8 @@ import (
 // the block and RETURNING to find out it has neither.
 // Permissions add 2 (new or not), roles 3 (link, raise
 // group_concat_max_len, recompute the key's sets), ratelimits none;
-// WithoutAudit saves 1 (in a block, the work of one INSERT).
+// WithoutAudit writes a receipt instead of the event (settle.go): the
+// same count.
 func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey, error) {
 	now := s.clock()
 	if err := req.validate(now); err != nil {
