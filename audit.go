@@ -112,8 +112,9 @@ func (s *Store) writeTrail(ctx context.Context, tx *sqlx.Tx, now time.Time, work
 // keyCreatedTrail is the trail of the key.create event of keyID, its
 // owner selected from the key's row: written only if the key was, with the
 // owner the key got. For a block whose key INSERT reads its owner (see
-// createKeyOneTrip). It takes the id of ctx's pending receipt, which a
-// block that did not commit may have claimed before.
+// createKeyOneTrip), which stops when it wrote no key. It takes the id of
+// ctx's pending receipt anew: the block that claimed it before rolled
+// back. Under WithoutAudit it is the receipt's INSERT.
 func (s *Store) keyCreatedTrail(ctx context.Context, now time.Time, workspaceID, keyID string) []statement {
 	p := pendingFrom(ctx)
 	p.unclaim()

@@ -31,6 +31,7 @@ const (
 	errStatementTimeout  = 1969 // ER_STATEMENT_TIMEOUT (MariaDB): max_statement_time
 	errSignalException   = 1644 // ER_SIGNAL_EXCEPTION: SIGNAL SQLSTATE '45000' (requireRowWritten)
 	errUnknownThread     = 1094 // ER_NO_SUCH_THREAD: KILL of a thread that is gone
+	errNoSuchTable       = 1109 // ER_UNKNOWN_TABLE: information_schema.GLOBAL_STATUS on MySQL
 	errClientGone        = 2006 // CR_SERVER_GONE_ERROR: Vitess's connection to MySQL broke, as "(errno 2006)"
 	errClientLost        = 2013 // CR_SERVER_LOST: the same, mid-query
 )
@@ -83,7 +84,10 @@ func (e *RetryError) Unwrap() []error { return []error{ErrRetriesExhausted, e.Er
 type AmbiguousCommitError struct {
 	Err error // the error that left the outcome unknown
 	// Receipt settles the outcome later with [Store.Settle]; nil where the
-	// transaction had none (WithRetryTx, VerifyKey's credit spend).
+	// transaction had none: WithRetryTx, VerifyKey's credit spend and
+	// ratelimit grants, and calls that changed nothing (DeleteKey of a
+	// deleted key, EnsureIdentity of an existing owner, CreateRole adding
+	// nothing).
 	Receipt *Receipt
 	// KeyID is the key the transaction would have written (CreateKey,
 	// ImportKey, RerollKey), or "".

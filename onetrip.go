@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jmoiron/sqlx"
 )
@@ -39,13 +40,14 @@ import (
 //
 // Costs, and what the Store does about them:
 //   - The COMMIT travels with the statements, so when the connection fails
-//     or ctx ends while the block runs, whether it committed is unknown: the
-//     error matches ErrAmbiguousCommit (and still the cause, say
-//     context.DeadlineExceeded). A transaction of several round trips has
-//     that window only around its COMMIT.
+//     or ctx ends while the block runs, whether it committed is unknown. A
+//     transaction of several round trips has that window only around its
+//     COMMIT. A block that carries a receipt (CreateKey's) is settled
+//     (settle.go); any other such failure is ErrAmbiguousCommit (and still
+//     the cause, say context.DeadlineExceeded).
 //   - Errors that interrupt the block rather than a statement (KILL QUERY
 //     1317, max_statement_time 1969) run no handler and may come at any
-//     point, COMMIT included: they too are ErrAmbiguousCommit, and the
+//     point, COMMIT included: they are unknown outcomes too, and the
 //     connection, which may hold the open transaction, is closed. Any other
 //     server error was raised by a statement and rolled back by the
 //     handler; it is returned as it is, and the connection is kept only
@@ -105,14 +107,28 @@ func (s *Store) execOneTrip(ctx context.Context, read statement, stmts ...statem
 		if err := s.settled(ctx, p, err); err != nil || read.query == "" {
 			return "", err
 		}
-		readCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.settleTimeout)
-		defer cancel()
-		var v sql.NullString
-		if err := s.db.GetContext(readCtx, &v, read.query, read.args...); err != nil {
-			return "", fmt.Errorf("keystore: read back after a settled commit: %w", err)
-		}
-		return v.String, nil
+		return s.readBack(ctx, p, read)
 	})
+}
+
+// readBack runs read on its own for a block that was settled as
+// committed, trying for the settle timeout. It never returns an error that
+// retry would run the committed block again for: when the server stays
+// unreachable, the error is an *AmbiguousCommitError with p's receipt.
+func (s *Store) readBack(ctx context.Context, p *pending, read statement) (string, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.settleTimeout)
+	defer cancel()
+	for pause := time.Millisecond; ; pause = min(2*pause, 100*time.Millisecond) {
+		var v sql.NullString
+		err := s.db.GetContext(ctx, &v, read.query, read.args...)
+		if err == nil {
+			return v.String, nil
+		}
+		if sleep(ctx, pause) != nil {
+			r := p.receipt
+			return "", &AmbiguousCommitError{Err: fmt.Errorf("keystore: read back after a settled commit: %w", err), Receipt: &r}
+		}
+	}
 }
 
 // oneTrip is one attempt of execOneTrip, recording its connection in p

@@ -207,6 +207,7 @@ func begin(ctx context.Context, db TxBeginner, opts *sql.TxOptions, onConn func(
 // discard closes conn rather than returning it to the pool.
 func discard(conn *sqlx.Conn) {
 	if conn != nil {
+		serverThreads.forget(conn)
 		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -23,18 +24,20 @@ import (
 //
 //  1. On a new connection to the same server, it KILLs the server thread
 //     that ran the transaction, unless the server restarted since (then
-//     nothing of it is still running), and waits until the thread is gone
-//     from the process list. A thread's transaction ends, committed or
-//     rolled back, before the thread leaves the list, and a killed thread
-//     runs nothing more of what its client sent.
+//     nothing of it is still running, and its id may be another's), and
+//     waits until the thread is gone from the process list. A thread's
+//     transaction ends, committed or rolled back, before the thread leaves
+//     the list, and a killed thread runs nothing more of what its client
+//     sent.
 //  2. It reads the receipt. Present: the transaction committed, and the
 //     call returns its result. Absent: it never will, so the call runs it
 //     again (or, when ctx has ended, returns ctx's error).
 //
 // A plain read without step 1 would not be final: the transaction may still
 // be running, or (on a half-open connection) be held open for hours. The
-// thread id is asked of the server once per pooled connection (one
-// SELECT when the Store first uses it) and kept with the connection.
+// thread id, with the server and the start of its run, is asked of the
+// server once per pooled connection (one SELECT when a Store first writes
+// on it) and kept with the connection.
 //
 // Settling is bounded by the Store's settle timeout, not by the call's
 // ctx. When the server cannot be reached for all of it, the call returns
@@ -63,13 +66,14 @@ type Receipt struct {
 	// first audit event ("evt_..."), or its row of keystore_receipts
 	// ("rcp_...") on a Store made WithoutAudit.
 	ID string
-	// Server is the server that ran the transaction (@@hostname and
-	// @@datadir, which a restart keeps), Thread its connection id there
-	// (CONNECTION_ID()), and SeenAt a time at which that thread was known
-	// to be alive.
-	Server string
-	Thread uint64
-	SeenAt time.Time
+	// Server is the server that ran the transaction (@@hostname,
+	// @@server_id and @@datadir, which a restart keeps), Thread its
+	// connection id there (CONNECTION_ID()), and Started the start of
+	// that run of the server, in Unix seconds by its clock: thread ids are
+	// reused after a restart.
+	Server  string
+	Thread  uint64
+	Started int64
 }
 
 // Settle finds out whether the transaction of receipt r committed, from
@@ -81,7 +85,8 @@ type Receipt struct {
 // Errors: ErrInvalidInput for a receipt without ID or Server;
 // ErrAmbiguousCommit (wrapping the last cause) when the server could not be
 // reached within ctx and the Store's settle timeout. Settle needs no
-// privilege beyond the Store's own: a user may KILL its own connections.
+// privilege when the Store connects as the user that ran the transaction:
+// a user may KILL, and see in the process list, its own connections.
 func (s *Store) Settle(ctx context.Context, r Receipt) (committed bool, err error) {
 	if _, ok := receiptTable(r.ID); !ok {
 		return false, invalid("ID", "is not a receipt id (evt_... or rcp_...)")
@@ -161,34 +166,16 @@ func (s *Store) settleOnce(ctx context.Context, r Receipt) (bool, error) {
 		discard(conn)
 		return false, fmt.Errorf("keystore: settle: connected to %s, the transaction ran on %s", here.Server, r.Server)
 	}
-	var status struct {
-		Name  string `db:"Variable_name"`
-		Value string `db:"Value"`
-	}
-	if err := conn.GetContext(ctx, &status, `SHOW GLOBAL STATUS LIKE 'Uptime'`); err != nil {
-		return false, err
-	}
-	uptime, err := strconv.ParseFloat(status.Value, 64)
-	if err != nil {
-		return false, fmt.Errorf("keystore: settle: Uptime %q: %w", status.Value, err)
-	}
-	// Uptime counts whole seconds. The thread was alive at SeenAt, so a
-	// server up for at least that long has not restarted since; one up
-	// for a second less, or handing out smaller thread ids than the old
-	// one (they only grow within a run), certainly has, and nothing of
-	// the old run is still going. In between, a thread of that id may be
-	// another's: it is waited for, never killed.
-	elapsed := time.Since(r.SeenAt).Seconds()
-	restarted := uptime+1 <= elapsed || here.Thread < r.Thread
-	switch sameRun := uptime >= elapsed && !restarted; {
-	case sameRun:
-		if _, err := conn.ExecContext(ctx, `KILL CONNECTION ?`, r.Thread); err != nil && !isUnknownThread(err) {
+	// A run of the server gives its threads ids of its own; after a
+	// restart, nothing of the old run is still going, and the old id may
+	// be a new connection's. (The start is exact within a second: both
+	// halves of it come from the statement's start time.)
+	if sameRun := abs(here.Started-r.Started) <= 1; sameRun {
+		// Not a placeholder: MySQL prepares no KILL. A uint64 formats as
+		// digits only.
+		if _, err := conn.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatUint(r.Thread, 10)); err != nil && !isUnknownThread(err) {
 			return false, fmt.Errorf("keystore: settle: kill thread %d: %w", r.Thread, err)
 		}
-		if err := waitThreadGone(ctx, conn, r.Thread); err != nil {
-			return false, err
-		}
-	case !restarted:
 		if err := waitThreadGone(ctx, conn, r.Thread); err != nil {
 			return false, err
 		}
@@ -274,7 +261,7 @@ func (p *pending) sentOn(ctx context.Context, conn *sqlx.Conn) error {
 	if err != nil {
 		return err
 	}
-	p.receipt.Server, p.receipt.Thread, p.receipt.SeenAt = t.Server, t.Thread, t.SeenAt
+	p.receipt.Server, p.receipt.Thread, p.receipt.Started = t.Server, t.Thread, t.Started
 	return nil
 }
 
@@ -289,15 +276,48 @@ type threads struct {
 	m  map[any]Receipt // by driver connection; ID unset
 }
 
-// maxThreads bounds threads.m: connections the pool closed on its own
-// stay in it until it is cleared.
-const maxThreads = 4096
+// maxThreads bounds threads.m, which keeps its connections from being
+// collected (so that a new one cannot take a dead one's address and
+// entry): connections the pool closed on its own stay in it until it is
+// cleared. A connection costs a few KiB until then.
+const maxThreads = 1024
 
-// of returns the server and thread id of conn, asking the server the first
-// time.
-func (t *threads) of(ctx context.Context, conn *sqlx.Conn) (Receipt, error) {
+// driverConn returns the driver's connection behind conn.
+func driverConn(conn *sqlx.Conn) (any, error) {
 	var dc any
-	_ = conn.Raw(func(c any) error { dc = c; return nil })
+	err := conn.Raw(func(c any) error { dc = c; return nil })
+	return dc, err
+}
+
+// forget drops conn, which is being closed.
+func (t *threads) forget(conn *sqlx.Conn) {
+	if dc, err := driverConn(conn); err == nil {
+		t.mu.Lock()
+		delete(t.m, dc)
+		t.mu.Unlock()
+	}
+}
+
+// threadQueries ask a connection for its thread, its server and the start
+// of the server's run. The status is in information_schema on MariaDB and
+// in performance_schema on MySQL; threadQuery is the one that worked.
+var (
+	threadQueries = [...]string{
+		`SELECT CONNECTION_ID() AS thread, CONCAT_WS(':', @@hostname, @@server_id, @@datadir) AS server,
+			CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) AS started FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'`,
+		`SELECT CONNECTION_ID() AS thread, CONCAT_WS(':', @@hostname, @@server_id, @@datadir) AS server,
+			CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) AS started FROM performance_schema.global_status WHERE VARIABLE_NAME = 'Uptime'`,
+	}
+	threadQuery atomic.Int32
+)
+
+// of returns the server, thread id and server run of conn (ID unset),
+// asking the server the first time.
+func (t *threads) of(ctx context.Context, conn *sqlx.Conn) (Receipt, error) {
+	dc, err := driverConn(conn)
+	if err != nil {
+		return Receipt{}, err
+	}
 	t.mu.Lock()
 	r, ok := t.m[dc]
 	t.mu.Unlock()
@@ -305,13 +325,21 @@ func (t *threads) of(ctx context.Context, conn *sqlx.Conn) (Receipt, error) {
 		return r, nil
 	}
 	var row struct {
-		Thread uint64 `db:"thread"`
-		Server string `db:"server"`
+		Thread  uint64 `db:"thread"`
+		Server  string `db:"server"`
+		Started int64  `db:"started"`
 	}
-	if err := conn.GetContext(ctx, &row, `SELECT CONNECTION_ID() AS thread, CONCAT(@@hostname, ':', @@datadir) AS server`); err != nil {
-		return Receipt{}, err
+	for q := threadQuery.Load(); ; q++ {
+		err = conn.GetContext(ctx, &row, threadQueries[q])
+		if n, ok := serverErrorNumber(err); !ok || n != errNoSuchTable || int(q)+1 == len(threadQueries) {
+			break
+		}
+		threadQuery.CompareAndSwap(q, q+1)
 	}
-	r = Receipt{Server: row.Server, Thread: row.Thread, SeenAt: time.Now()}
+	if err != nil {
+		return Receipt{}, fmt.Errorf("keystore: ask the connection's thread id: %w", err)
+	}
+	r = Receipt{Server: row.Server, Thread: row.Thread, Started: row.Started}
 	t.mu.Lock()
 	if t.m == nil || len(t.m) >= maxThreads {
 		t.m = map[any]Receipt{}
@@ -319,4 +347,11 @@ func (t *threads) of(ctx context.Context, conn *sqlx.Conn) (Receipt, error) {
 	t.m[dc] = r
 	t.mu.Unlock()
 	return r, nil
+}
+
+func abs(n int64) int64 {
+	if n < 0 {
+		return -n
+	}
+	return n
 }

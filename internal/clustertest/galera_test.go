@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/internal/testutil"
 	"github.com/jmoiron/sqlx"
 )
 
@@ -411,4 +413,85 @@ func TestGaleraNodeKilled(t *testing.T) {
 	if _, err := env.stores[2].CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "owner-0"}); err != nil {
 		t.Fatalf("CreateKey on the rejoined node: %v", err)
 	}
+}
+
+// A node cut off from the cluster while a CreateKey's COMMIT is on its way
+// to it, the reply lost: the node refuses the COMMIT (1047) and its reads
+// until it rejoins, so the Store settles the outcome on that node once it
+// has, and the call returns success with its key in the cluster, never
+// ErrAmbiguousCommit.
+func TestGaleraNodeCutOffMidCommit(t *testing.T) {
+	c := galera(t)
+	name := newDatabase(t, c.Nodes[0].DSN(""))
+	check := open(t, c.Nodes[0].DSN(name)+"&wsrep_sync_wait=1")
+	newStore(t, check) // migrates
+	admin := open(t, c.Nodes[2].DSN(""))
+	l, dsn := testutil.NewLossy(t, c.Nodes[2].DSN(name))
+	settles := &settleCounter{}
+	store := newStore(t, open(t, dsn), keystore.WithSettleTimeout(2*time.Minute), keystore.WithLogger(slog.New(settles)))
+	ctx := context.Background()
+	req := keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u", Permissions: []string{"p.read"}}
+	if _, err := store.CreateKey(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+
+	isolate := func(on int, want string) {
+		if _, err := admin.Exec(fmt.Sprintf(`SET GLOBAL wsrep_provider_options='gmcast.isolate=%d'`, on)); err != nil {
+			t.Error(err)
+		}
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+			var name, v string
+			if err := admin.QueryRow(`SHOW STATUS LIKE 'wsrep_ready'`).Scan(&name, &v); err == nil && v == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("node 3 never became wsrep_ready=%s", want)
+				return
+			}
+		}
+	}
+	rejoined := make(chan struct{})
+	l.OnFire = func() { // the COMMIT is about to go: cut node 3 off first
+		isolate(1, "OFF")
+		go func() {
+			defer close(rejoined)
+			time.Sleep(time.Second)
+			isolate(0, "ON")
+		}()
+	}
+	l.Arm(testutil.LoseReply, false)
+	k, err := store.CreateKey(ctx, req)
+	<-rejoined
+	l.FiredOnce(t)
+	rejoin, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := c.WaitSynced(rejoin); err != nil {
+		t.Fatal(err)
+	}
+	if err != nil {
+		t.Fatalf("CreateKey across the cut: %v", err)
+	}
+	if n := count(t, check, `SELECT COUNT(*) FROM keystore_keys WHERE id = ?`, k.KeyID); n != 1 {
+		t.Errorf("CreateKey succeeded; %d keys of its id on node 1", n)
+	}
+	if n := count(t, check, `SELECT COUNT(*) FROM keystore_keys`); n != 2 {
+		t.Errorf("%d keys on node 1, want 2", n)
+	}
+	if settles.n.Load() != 1 {
+		t.Errorf("%d lost commits settled, want 1", settles.n.Load())
+	}
+}
+
+// settleCounter is a slog.Handler that counts the Store's settled lost
+// commits.
+type settleCounter struct{ n atomic.Int64 }
+
+func (h *settleCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h *settleCounter) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *settleCounter) WithGroup(string) slog.Handler            { return h }
+func (h *settleCounter) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == "keystore: settled a lost commit" {
+		h.n.Add(1)
+	}
+	return nil
 }
