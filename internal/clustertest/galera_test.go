@@ -460,7 +460,10 @@ func TestGaleraNodeCutOffMidCommit(t *testing.T) {
 		}()
 	}
 	l.Arm(testutil.LoseReply, false)
+	start := time.Now()
 	k, err := store.CreateKey(ctx, req)
+	t.Logf("CreateKey across the cut returned after %v: %v; lost commits settled as committed: %d of %d",
+		time.Since(start).Round(time.Millisecond), err, settles.committed.Load(), settles.n.Load())
 	<-rejoined
 	l.FiredOnce(t)
 	rejoin, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -484,7 +487,7 @@ func TestGaleraNodeCutOffMidCommit(t *testing.T) {
 
 // settleCounter is a slog.Handler that counts the Store's settled lost
 // commits.
-type settleCounter struct{ n atomic.Int64 }
+type settleCounter struct{ n, committed atomic.Int64 }
 
 func (h *settleCounter) Enabled(context.Context, slog.Level) bool { return true }
 func (h *settleCounter) WithAttrs([]slog.Attr) slog.Handler       { return h }
@@ -492,6 +495,12 @@ func (h *settleCounter) WithGroup(string) slog.Handler            { return h }
 func (h *settleCounter) Handle(_ context.Context, r slog.Record) error {
 	if r.Message == "keystore: settled a lost commit" {
 		h.n.Add(1)
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "committed" && a.Value.Bool() {
+				h.committed.Add(1)
+			}
+			return true
+		})
 	}
 	return nil
 }
