@@ -78,7 +78,7 @@ func (s *Store) trail(ctx context.Context, now time.Time, workspaceID string, ev
 	p := pendingFrom(ctx)
 	if s.noAudit {
 		if id := p.claim("rcp"); id != "" {
-			return []statement{{`INSERT INTO keystore_receipts (id, created_at) VALUES (?, ?)`, []any{id, utc(now)}}}
+			return []statement{{`INSERT INTO keystore_receipts (id) VALUES (?)`, []any{id}}}
 		}
 		return nil
 	}

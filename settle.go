@@ -103,6 +103,31 @@ func (s *Store) Settle(ctx context.Context, r Receipt) (committed bool, err erro
 	return committed, nil
 }
 
+// PruneReceipts deletes the receipts that a Store made WithoutAudit wrote
+// before t, in batches of 10,000 (a Store with an audit trail uses its
+// audit events, which it never deletes). A receipt deleted can no longer
+// be settled: keep those of any *AmbiguousCommitError you may still
+// settle. It returns how many it deleted; safe to run while Stores write.
+func (s *Store) PruneReceipts(ctx context.Context, t time.Time) (int64, error) {
+	// Receipt ids are "rcp_" and a UUIDv7 in hex, which begins with its
+	// Unix time in milliseconds (48 bits): ids below this one are older.
+	cutoff := fmt.Sprintf("rcp_%012x", t.UnixMilli())
+	var deleted int64
+	for {
+		res, err := s.db.ExecContext(ctx, `DELETE FROM keystore_receipts WHERE id < ? ORDER BY id LIMIT 10000`, cutoff)
+		if err != nil {
+			return deleted, fmt.Errorf("keystore: prune receipts: %w", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return deleted, fmt.Errorf("keystore: prune receipts: %w", err)
+		}
+		if deleted += n; n < 10000 {
+			return deleted, nil
+		}
+	}
+}
+
 // settled returns err, the error of an attempt that wrote receipt p, or,
 // when err left the attempt's outcome unknown, what settling found: nil
 // when the attempt committed; when it did not, ctx's error if ctx has

@@ -137,3 +137,27 @@ func TestSettleRejectsBadReceipts(t *testing.T) {
 		}
 	}
 }
+
+// PruneReceipts deletes the receipts written before its time, and only
+// those.
+func TestPruneReceipts(t *testing.T) {
+	s, db := newStore(t, keystore.WithoutAudit())
+	ctx := context.Background()
+	for range 3 {
+		if _, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_receipts`); n != 3 {
+		t.Fatalf("%d receipts after 3 mutations, want 3", n)
+	}
+	if n, err := s.PruneReceipts(ctx, time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Fatalf("PruneReceipts an hour ago = %d, %v; want 0", n, err)
+	}
+	if n, err := s.PruneReceipts(ctx, time.Now().Add(time.Second)); err != nil || n != 3 {
+		t.Fatalf("PruneReceipts now = %d, %v; want 3", n, err)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_receipts`); n != 0 {
+		t.Errorf("%d receipts left", n)
+	}
+}

@@ -2,11 +2,10 @@
 -- of its mutations writes one row here in its own transaction, under an id
 -- chosen before it was sent, so that a commit whose reply was lost can be
 -- settled by looking for it (settle.go). A Store with an audit trail uses
--- the mutation's first audit event instead. Rows older than any receipt a
--- caller still means to settle can be deleted (docs/operations.md).
+-- the mutation's first audit event instead. The id is all there is: it
+-- begins with its time (a UUIDv7), which is what Store.PruneReceipts
+-- deletes by.
 CREATE TABLE IF NOT EXISTS keystore_receipts (
-  id         VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
-  created_at DATETIME(6) NOT NULL,
-  PRIMARY KEY (id),
-  KEY keystore_receipts_created (created_at)
+  id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  PRIMARY KEY (id)
 ) ENGINE=InnoDB
