@@ -114,13 +114,13 @@ func (s *Store) writeTrail(ctx context.Context, tx *sqlx.Tx, now time.Time, work
 // owner the key got. For a block whose key INSERT reads its owner (see
 // createKeyOneTrip), which stops when it wrote no key. It takes the id of
 // ctx's pending receipt anew: the block that claimed it before rolled
-// back. Under WithoutAudit it is the receipt's INSERT.
+// back. Under WithoutAudit there is none: the key is the receipt.
 func (s *Store) keyCreatedTrail(ctx context.Context, now time.Time, workspaceID, keyID string) []statement {
+	if s.noAudit {
+		return nil // the key is the receipt
+	}
 	p := pendingFrom(ctx)
 	p.unclaim()
-	if s.noAudit {
-		return s.trail(ctx, now, workspaceID, nil)
-	}
 	return []statement{{`INSERT INTO keystore_audit_events
 		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at)
 		SELECT ?, ?, ?, ?, id, identity_id, NULL, ? FROM keystore_keys WHERE id = ?`,

@@ -94,6 +94,9 @@ func (s *Store) importKeys(ctx context.Context, reqs []ImportKeyRequest, fieldFo
 		keys[i] = k
 	}
 	created, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) ([]CreatedKey, error) {
+		if len(keys) > 0 {
+			s.keyIsReceipt(ctx, keys[0].keyID)
+		}
 		return s.writeImports(ctx, tx, keys, fieldFormat, now)
 	})
 	if err != nil {

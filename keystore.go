@@ -61,12 +61,12 @@ func WithLogger(l *slog.Logger) Option {
 	return func(s *Store) { s.log = l }
 }
 
-// WithoutAudit turns the audit trail off: mutations write no audit event.
-// Each still writes a small receipt row (keystore_receipts), so that a
-// commit whose reply was lost can be settled (settle.go): in a
-// one-statement CreateKey it is part of the one statement; where
-// statements go one by one it is one statement, as the event was. For
-// services that keep their own trail.
+// WithoutAudit turns the audit trail off: mutations write no audit event,
+// which saves the event's INSERT. So that a commit whose reply was lost can
+// still be settled (settle.go), CreateKey and ImportKey use the key they
+// create as the receipt, and every other mutation writes a small receipt
+// row (keystore_receipts) instead of its event: the same count of
+// statements. For services that keep their own trail.
 func WithoutAudit() Option {
 	return func(s *Store) { s.noAudit = true }
 }

@@ -63,8 +63,9 @@ func WithSettleTimeout(d time.Duration) Option {
 // data: keep it (say, as JSON) and settle it with [Store.Settle].
 type Receipt struct {
 	// ID is the id of the row the transaction wrote as its receipt: its
-	// first audit event ("evt_..."), or its row of keystore_receipts
-	// ("rcp_...") on a Store made WithoutAudit.
+	// first audit event ("evt_..."); on a Store made WithoutAudit, the key
+	// it created ("key_...") or else its row of keystore_receipts
+	// ("rcp_...").
 	ID string
 	// Server is the server that ran the transaction (@@hostname,
 	// @@server_id and @@datadir, which a restart keeps), Thread its
@@ -89,7 +90,7 @@ type Receipt struct {
 // a user may KILL, and see in the process list, its own connections.
 func (s *Store) Settle(ctx context.Context, r Receipt) (committed bool, err error) {
 	if _, ok := receiptTable(r.ID); !ok {
-		return false, invalid("ID", "is not a receipt id (evt_... or rcp_...)")
+		return false, invalid("ID", "is not a receipt id (evt_..., rcp_... or key_...)")
 	}
 	if r.Server == "" {
 		return false, invalid("Server", "is empty")
@@ -237,6 +238,8 @@ func receiptTable(id string) (string, bool) {
 		return "keystore_audit_events", true
 	case strings.HasPrefix(id, "rcp_"):
 		return "keystore_receipts", true
+	case strings.HasPrefix(id, "key_"):
+		return "keystore_keys", true
 	}
 	return "", false
 }
@@ -270,6 +273,16 @@ func (p *pending) claim(prefix string) string {
 	}
 	p.receipt.ID = newID(prefix)
 	return p.receipt.ID
+}
+
+// keyIsReceipt makes the row of keyID, which the transaction being built
+// inserts, its receipt when the Store writes no audit events: keys are
+// never deleted (DeleteKey marks them), so the row is as good a receipt
+// as one of keystore_receipts, and costs nothing more.
+func (s *Store) keyIsReceipt(ctx context.Context, keyID string) {
+	if p := pendingFrom(ctx); p != nil && s.noAudit && p.receipt.ID == "" {
+		p.receipt.ID = keyID
+	}
 }
 
 // unclaim forgets p's id, for a transaction built again after the one

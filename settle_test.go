@@ -131,25 +131,33 @@ func TestSettleLater(t *testing.T) {
 
 func TestSettleRejectsBadReceipts(t *testing.T) {
 	s, _ := newStore(t)
-	for _, r := range []keystore.Receipt{{}, {ID: "key_1", Server: "h:1"}, {ID: "evt_1"}} {
+	for _, r := range []keystore.Receipt{{}, {ID: "id_1", Server: "h:1"}, {ID: "evt_1"}} {
 		if _, err := s.Settle(context.Background(), r); !errors.Is(err, keystore.ErrInvalidInput) {
 			t.Errorf("Settle(%+v) = %v, want ErrInvalidInput", r, err)
 		}
 	}
 }
 
-// PruneReceipts deletes the receipts written before its time, and only
+// Under WithoutAudit, CreateKey's key is its receipt and other mutations
+// write one; PruneReceipts deletes those written before its time, and only
 // those.
 func TestPruneReceipts(t *testing.T) {
 	s, db := newStore(t, keystore.WithoutAudit())
 	ctx := context.Background()
+	k, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Credits: &keystore.Credits{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, db, `SELECT COUNT(*) FROM keystore_receipts`); n != 0 {
+		t.Fatalf("%d receipts after CreateKey, want 0", n)
+	}
 	for range 3 {
-		if _, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"}); err != nil {
+		if _, err := s.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: k.KeyID, AddCredits: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if n := count(t, db, `SELECT COUNT(*) FROM keystore_receipts`); n != 3 {
-		t.Fatalf("%d receipts after 3 mutations, want 3", n)
+		t.Fatalf("%d receipts after 3 updates, want 3", n)
 	}
 	if n, err := s.PruneReceipts(ctx, time.Now().Add(-time.Hour)); err != nil || n != 0 {
 		t.Fatalf("PruneReceipts an hour ago = %d, %v; want 0", n, err)
