@@ -26,11 +26,17 @@ const startCredits = 1000
 // succeeded is there exactly once and every call that failed left nothing:
 // the keys are exactly the successful creates, each key's credits are its
 // start plus its successful updates, and a key is deleted exactly when its
-// DeleteKey succeeded.
+// DeleteKey succeeded. With the audit trail and without (the receipts are
+// then the keys themselves and rows of keystore_receipts).
 func TestMutationsUnderFaults(t *testing.T) {
+	t.Run("audit", func(t *testing.T) { mutationsUnderFaults(t) })
+	t.Run("WithoutAudit", func(t *testing.T) { mutationsUnderFaults(t, keystore.WithoutAudit()) })
+}
+
+func mutationsUnderFaults(t *testing.T, opts ...keystore.Option) {
 	f := newFixture(t)
 	settles := &settleLog{}
-	store, err := keystore.New(f.Proxied, keystore.WithLogger(slog.New(settles)))
+	store, err := keystore.New(f.Proxied, append(opts, keystore.WithLogger(slog.New(settles)))...)
 	if err != nil {
 		t.Fatal(err)
 	}
