@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
@@ -124,7 +125,7 @@ func (s *Store) keyCreatedTrail(ctx context.Context, now time.Time, workspaceID,
 	return []statement{{`INSERT INTO keystore_audit_events
 		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at)
 		SELECT ?, ?, ?, ?, id, identity_id, NULL, ? FROM keystore_keys WHERE id = ?`,
-		[]any{p.claim("evt"), workspaceID, actorFrom(ctx), EventKeyCreate, utc(now), keyID}}}
+		[]any{cmp.Or(p.claim("evt"), newID("evt")), workspaceID, actorFrom(ctx), EventKeyCreate, utc(now), keyID}}}
 }
 
 // ListAuditEvents returns a page of the audit events of a workspace, oldest

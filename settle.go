@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -15,9 +14,10 @@ import (
 
 // Settling a commit whose reply was lost.
 //
-// Every mutation writes, in its own transaction, a row under an id the
-// Store chose before sending it: its first audit event, or under
-// WithoutAudit a row of keystore_receipts. That row is its receipt. When
+// Every mutation that changes something writes, in its own transaction, a
+// row under an id the Store chose before sending it: its first audit
+// event; under WithoutAudit, the key that CreateKey or ImportKey creates,
+// or a row of keystore_receipts. That row is its receipt. When
 // the reply to the COMMIT is lost (a connection reset, ctx ending while the
 // one-round-trip block runs), the Store settles the outcome before it
 // returns:
@@ -92,8 +92,8 @@ func (s *Store) Settle(ctx context.Context, r Receipt) (committed bool, err erro
 	if _, ok := receiptTable(r.ID); !ok {
 		return false, invalid("ID", "is not a receipt id (evt_..., rcp_... or key_...)")
 	}
-	if r.Server == "" {
-		return false, invalid("Server", "is empty")
+	if r.Server == "" || r.Thread == 0 || r.Started <= 0 {
+		return false, invalid("Server", "Server, Thread and Started must all be set, from the connection that sent the transaction")
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.settleTimeout)
 	defer cancel()
@@ -294,10 +294,12 @@ func (p *pending) unclaim() {
 }
 
 // sentOn records that p's transaction is sent on conn.
+// When the server will not say (one that keeps its status elsewhere), the
+// transaction goes without: a lost reply to it stays ErrAmbiguousCommit.
 func (p *pending) sentOn(ctx context.Context, conn *sqlx.Conn) error {
 	t, err := serverThreads.of(ctx, conn)
 	if err != nil {
-		return err
+		return err // the connection broke: the transaction could not have been sent either
 	}
 	p.receipt.Server, p.receipt.Thread, p.receipt.Started = t.Server, t.Thread, t.Started
 	return nil
@@ -337,20 +339,20 @@ func (t *threads) forget(conn *sqlx.Conn) {
 }
 
 // threadQueries ask a connection for its thread, its server and the start
-// of the server's run. The status is in information_schema on MariaDB and
-// in performance_schema on MySQL; threadQuery is the one that worked.
-var (
-	threadQueries = [...]string{
-		`SELECT CONNECTION_ID() AS thread, CONCAT_WS(':', @@hostname, @@server_id, @@datadir) AS server,
-			CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) AS started FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'`,
-		`SELECT CONNECTION_ID() AS thread, CONCAT_WS(':', @@hostname, @@server_id, @@datadir) AS server,
-			CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) AS started FROM performance_schema.global_status WHERE VARIABLE_NAME = 'Uptime'`,
-	}
-	threadQuery atomic.Int32
-)
+// of the server's run: the status is in information_schema on MariaDB and
+// in performance_schema on MySQL. The first that answers is used.
+var threadQueries = [...]string{
+	`SELECT CONNECTION_ID() AS thread, CONCAT_WS(':', @@hostname, @@server_id, @@datadir) AS server,
+		CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) AS started
+		FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'`,
+	`SELECT CONNECTION_ID() AS thread, CONCAT_WS(':', @@hostname, @@server_id, @@datadir) AS server,
+		CAST(UNIX_TIMESTAMP() - VARIABLE_VALUE AS SIGNED) AS started
+		FROM performance_schema.global_status WHERE VARIABLE_NAME = 'Uptime'`,
+}
 
 // of returns the server, thread id and server run of conn (ID unset),
-// asking the server the first time.
+// asking the server the first time; all unset when the server will not
+// say. Its only errors are lost connections and ctx's end.
 func (t *threads) of(ctx context.Context, conn *sqlx.Conn) (Receipt, error) {
 	dc, err := driverConn(conn)
 	if err != nil {
@@ -367,17 +369,17 @@ func (t *threads) of(ctx context.Context, conn *sqlx.Conn) (Receipt, error) {
 		Server  string `db:"server"`
 		Started int64  `db:"started"`
 	}
-	for q := threadQuery.Load(); ; q++ {
-		err = conn.GetContext(ctx, &row, threadQueries[q])
-		if n, ok := serverErrorNumber(err); !ok || n != errNoSuchTable || int(q)+1 == len(threadQueries) {
+	for _, q := range threadQueries {
+		if err = conn.GetContext(ctx, &row, q); err == nil && row.Started > 0 || isConnectionLost(err) || ctx.Err() != nil {
 			break
 		}
-		threadQuery.CompareAndSwap(q, q+1)
 	}
-	if err != nil {
+	if isConnectionLost(err) || ctx.Err() != nil {
 		return Receipt{}, fmt.Errorf("keystore: ask the connection's thread id: %w", err)
 	}
-	r = Receipt{Server: row.Server, Thread: row.Thread, Started: row.Started}
+	if err == nil && row.Started > 0 { // else the server will not say: not asked again on conn
+		r = Receipt{Server: row.Server, Thread: row.Thread, Started: row.Started}
+	}
 	t.mu.Lock()
 	if t.m == nil || len(t.m) >= maxThreads {
 		t.m = map[any]Receipt{}
