@@ -113,7 +113,8 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 // tx runs fn in a retried transaction with the Store's retry policy and
 // then extra. Each attempt carries a pending receipt in fn's ctx for the
 // trail fn writes, and a commit whose reply was lost is settled with it
-// (settle.go).
+// (settle.go); an attempt whose connection broke before COMMIT has its
+// server thread ended before the next attempt.
 func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *sqlx.Tx) (T, error), extra ...RetryOption) (T, error) {
 	if err := s.session.verify(ctx, s.db); err != nil {
 		var zero T
@@ -123,6 +124,9 @@ func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *s
 	return retry(ctx, &cfg, func() (T, error) {
 		p := &pending{}
 		v, err := runTx(withPending(ctx, p), s.db, cfg.txOptions, fn, p.sentOn)
+		if err != nil && !errors.Is(err, ErrAmbiguousCommit) && isConnectionLost(err) && ctx.Err() == nil {
+			s.release(ctx, p)
+		}
 		return v, s.settled(ctx, p, err)
 	})
 }

@@ -161,36 +161,65 @@ func (s *Store) settled(ctx context.Context, p *pending, err error) error {
 // committed; retry runs the transaction again.
 var errNotCommitted = retryableError("keystore: the transaction did not commit")
 
-// settle runs settleOnce until it gives an answer or ctx ends.
+// settle finds out, on r's server, whether r's transaction committed,
+// trying until ctx ends.
 func (s *Store) settle(ctx context.Context, r Receipt) (committed bool, err error) {
+	err = s.onServerOf(ctx, r, func(conn *sqlx.Conn) error {
+		table, _ := receiptTable(r.ID)
+		return conn.GetContext(ctx, &committed, `SELECT EXISTS (SELECT 1 FROM `+table+` WHERE id = ?)`, r.ID)
+	})
+	return committed, err
+}
+
+// release ends the server thread of an attempt whose connection broke
+// before its COMMIT was sent, so that the next attempt does not wait for
+// the locks its transaction holds: the server rolls that transaction back
+// when it notices the connection is gone, which for a half-open one may
+// be hours. It tries for the settle timeout, and gives up quietly: the
+// next attempt then meets what it meets.
+func (s *Store) release(ctx context.Context, p *pending) {
+	if p.receipt.Server == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.settleTimeout)
+	defer cancel()
+	if err := s.onServerOf(ctx, p.receipt, func(*sqlx.Conn) error { return nil }); err != nil {
+		s.log.Debug("keystore: could not end a broken connection's thread", "thread", p.receipt.Thread, "err", err)
+	}
+}
+
+// onServerOf connects to the server that ran r's transaction, ends its
+// thread (unless the server has restarted since) and waits until it is
+// gone, then runs then on that connection; it tries again until ctx ends.
+func (s *Store) onServerOf(ctx context.Context, r Receipt, then func(*sqlx.Conn) error) error {
 	for pause := time.Millisecond; ; pause = min(2*pause, 100*time.Millisecond) {
-		committed, err = s.settleOnce(ctx, r)
+		err := s.onServerOfOnce(ctx, r, then)
 		if err == nil {
-			return committed, nil
+			return nil
 		}
 		if sleep(ctx, pause) != nil {
-			return false, err
+			return err
 		}
 	}
 }
 
-// settleOnce is one try of settle, on one connection.
-func (s *Store) settleOnce(ctx context.Context, r Receipt) (bool, error) {
+// onServerOfOnce is one try of onServerOf, on one connection.
+func (s *Store) onServerOfOnce(ctx context.Context, r Receipt, then func(*sqlx.Conn) error) error {
 	conn, err := s.db.Connx(ctx)
 	if err != nil {
-		return false, err
+		return err
 	}
 	defer conn.Close()
 	here, err := serverThreads.of(ctx, conn)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if here.Server != r.Server {
 		// Another server behind the same address (a load balancer over
 		// Galera nodes): thread ids are the server's own. A new
 		// connection may reach the right one.
 		discard(conn)
-		return false, fmt.Errorf("keystore: settle: connected to %s, the transaction ran on %s", here.Server, r.Server)
+		return fmt.Errorf("keystore: settle: connected to %s, the transaction ran on %s", here.Server, r.Server)
 	}
 	// A run of the server gives its threads ids of its own; after a
 	// restart, nothing of the old run is still going, and the old id may
@@ -200,18 +229,13 @@ func (s *Store) settleOnce(ctx context.Context, r Receipt) (bool, error) {
 		// Not a placeholder: MySQL prepares no KILL. A uint64 formats as
 		// digits only.
 		if _, err := conn.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatUint(r.Thread, 10)); err != nil && !isUnknownThread(err) {
-			return false, fmt.Errorf("keystore: settle: kill thread %d: %w", r.Thread, err)
+			return fmt.Errorf("keystore: settle: kill thread %d: %w", r.Thread, err)
 		}
 		if err := waitThreadGone(ctx, conn, r.Thread); err != nil {
-			return false, err
+			return err
 		}
 	}
-	table, _ := receiptTable(r.ID)
-	var found bool
-	if err := conn.GetContext(ctx, &found, `SELECT EXISTS (SELECT 1 FROM `+table+` WHERE id = ?)`, r.ID); err != nil {
-		return false, err
-	}
-	return found, nil
+	return then(conn)
 }
 
 // waitThreadGone waits until no thread of id is in the server's process

@@ -135,6 +135,42 @@ func TestSettleLater(t *testing.T) {
 	}
 }
 
+// A connection left half-open before COMMIT keeps its transaction, and its
+// locks, open on the server; the Store ends its thread before running the
+// transaction again, which would otherwise wait for those locks (here on
+// the key's own row) until the lock-wait timeout, and again after it.
+func TestHalfOpenBeforeCommitIsReleased(t *testing.T) {
+	var retries atomic.Int32
+	var last atomic.Value
+	dsn := keystoretest.DSN(t) + "&innodb_lock_wait_timeout=3"
+	l, lossyDSN := testutil.NewLossy(t, dsn)
+	s, _ := storeOn(t, lossyDSN, 4, keystore.WithRetryOptions(keystore.OnRetry(func(_ int, err error) {
+		retries.Add(1)
+		last.Store(err.Error())
+	})))
+	_, direct := storeOn(t, dsn, 2)
+	ctx := context.Background()
+	if _, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Permissions: []string{"p"}}); err != nil {
+		t.Fatal(err)
+	}
+	retries.Store(0)
+	l.ArmAt(testutil.Swallow, "INSERT INTO keystore_audit_events")
+	k, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Permissions: []string{"p"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.FiredOnce(t)
+	if n := retries.Load(); n != 1 {
+		t.Errorf("%d retries (the last after %v), want 1: the next attempt waited for the old one's locks", n, last.Load())
+	}
+	if n := count(t, direct, `SELECT COUNT(*) FROM keystore_keys WHERE id = ?`, k.KeyID); n != 1 {
+		t.Errorf("%d keys of the id", n)
+	}
+	if n := openTransactions(t, direct); n != 0 {
+		t.Errorf("%d transactions still open", n)
+	}
+}
+
 func TestSettleRejectsBadReceipts(t *testing.T) {
 	s, _ := newStore(t)
 	for _, r := range []keystore.Receipt{{}, {ID: "id_1", Server: "h:1"}, {ID: "evt_1"}} {

@@ -30,10 +30,12 @@ const (
 
 // Lossy is a network for the driver whose links, when armed, meet a Fault
 // at the next COMMIT the client sends (alone, or at the end of a
-// one-round-trip block). While Down, new links are refused.
+// one-round-trip block), or at the next statement holding a marker of the
+// test's choosing. While Down, new links are refused.
 type Lossy struct {
 	net, addr string
 	armed     atomic.Value // Fault; "" when disarmed
+	marker    atomic.Value // string: what the packet the fault meets holds
 	down      atomic.Bool
 	downAfter atomic.Bool // set down when the armed fault fires
 	fired     atomic.Int32
@@ -56,6 +58,7 @@ func NewLossy(t testing.TB, dsn string) (*Lossy, string) {
 	}
 	l := &Lossy{net: cfg.Net, addr: cfg.Addr}
 	l.armed.Store(Fault(""))
+	l.marker.Store("COMMIT")
 	t.Cleanup(func() {
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -72,6 +75,14 @@ func NewLossy(t testing.TB, dsn string) (*Lossy, string) {
 // from then on, until SetDown(false).
 func (l *Lossy) Arm(f Fault, down bool) {
 	l.downAfter.Store(down)
+	l.marker.Store("COMMIT")
+	l.armed.Store(f)
+}
+
+// ArmAt makes the next statement that holds marker meet f.
+func (l *Lossy) ArmAt(f Fault, marker string) {
+	l.downAfter.Store(false)
+	l.marker.Store(marker)
 	l.armed.Store(f)
 }
 
@@ -100,7 +111,7 @@ func (l *Lossy) dial(ctx context.Context, _ string) (net.Conn, error) {
 
 // fire disarms l and returns the fault a COMMIT in b meets, if any.
 func (l *Lossy) fire(b []byte) Fault {
-	if !bytes.Contains(b, []byte("COMMIT")) {
+	if !bytes.Contains(b, []byte(l.marker.Load().(string))) {
 		return ""
 	}
 	f := l.armed.Load().(Fault)
