@@ -190,3 +190,35 @@ func ExampleSet() {
 	// Expires: present=true null=true ok=false
 	// Meta:    present=false
 }
+
+// A call returns ErrAmbiguousCommit only when the server stayed out of
+// reach for the Store's whole settle timeout. Keep the receipt, and settle
+// it once the server is back: committed is final either way. (Not run:
+// the server here never goes away.)
+func ExampleStore_Settle() {
+	store, _, done := exampleStore()
+	defer done()
+	ctx := context.Background()
+
+	created, err := store.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws_1", KeySpaceID: "ks_1"})
+	var unknown *keystore.AmbiguousCommitError
+	if errors.As(err, &unknown) && unknown.Receipt != nil {
+		// ... later, when the database answers again:
+		committed, err := store.Settle(ctx, *unknown.Receipt)
+		if err != nil {
+			log.Fatal(err) // still out of reach: try again later
+		}
+		if committed {
+			// Its plaintext is lost with the reply: delete the key, or
+			// leave it unused.
+			fmt.Println("key", unknown.KeyID, "exists")
+		} else {
+			fmt.Println("nothing was written, nor ever will be: create it again")
+		}
+		return
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(created.KeyID != "")
+}
