@@ -256,7 +256,10 @@ func checkInvariants(t *testing.T, db *sqlx.DB, workspace string, want map[strin
 			t.Errorf("key %s: ratelimits %q, want %q", k.ID, k.Ratelimits.String, w.Ratelimits)
 		}
 		if k.Creates != 1 {
-			t.Errorf("key %s: %d key.create audit events, want 1", k.ID, k.Creates)
+			var evs []string
+			_ = db.SelectContext(ctx, &evs, `SELECT CONCAT_WS(' ', id, IFNULL(identity_id, '-'), created_at) FROM keystore_audit_events
+				WHERE key_id = ? AND event = 'key.create' ORDER BY id`, k.ID)
+			t.Errorf("key %s (permissions %v): %d key.create audit events, want 1: %v", k.ID, w.Permissions, k.Creates, evs)
 		}
 	}
 
