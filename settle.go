@@ -398,7 +398,7 @@ func (t *threads) of(ctx context.Context, conn *sqlx.Conn) (Receipt, error) {
 			break
 		}
 	}
-	if isConnectionLost(err) || ctx.Err() != nil {
+	if err != nil && (isConnectionLost(err) || ctx.Err() != nil) {
 		return Receipt{}, fmt.Errorf("keystore: ask the connection's thread id: %w", err)
 	}
 	if err == nil && row.Started > 0 { // else the server will not say: not asked again on conn
