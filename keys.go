@@ -175,7 +175,7 @@ func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateK
 	stmts = append(stmts, s.trail(ctx, now, req.WorkspaceID, events)...)
 	_, err = s.execOneTrip(ctx, statement{}, stmts...)
 	if !seen && identityID != "" && IsDuplicateKey(err) {
-		stmts = append([]statement{keyInsertOwnedByExternalID(cols, req.WorkspaceID, req.ExternalID)},
+		stmts = append([]statement{keyInsertOwnedByExternalID(cols, req.WorkspaceID, req.ExternalID), requireRowWritten},
 			s.keyCreatedTrail(ctx, now, req.WorkspaceID, keyID)...)
 		identityID, err = s.execOneTrip(ctx, statement{`SELECT identity_id FROM keystore_keys WHERE id = ?`, []any{keyID}}, stmts...)
 	}
