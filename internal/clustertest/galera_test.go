@@ -427,7 +427,7 @@ func TestGaleraNodeCutOffMidCommit(t *testing.T) {
 	newStore(t, check) // migrates
 	admin := open(t, c.Nodes[2].DSN(""))
 	l, dsn := testutil.NewLossy(t, c.Nodes[2].DSN(name))
-	settles := &settleCounter{}
+	settles := &testutil.SettleLog{}
 	store := newStore(t, open(t, dsn), keystore.WithSettleTimeout(2*time.Minute), keystore.WithLogger(slog.New(settles)))
 	ctx := context.Background()
 	req := keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: "u", Permissions: []string{"p.read"}}
@@ -463,7 +463,7 @@ func TestGaleraNodeCutOffMidCommit(t *testing.T) {
 	start := time.Now()
 	k, err := store.CreateKey(ctx, req)
 	t.Logf("CreateKey across the cut returned after %v: %v; lost commits settled as committed: %d of %d",
-		time.Since(start).Round(time.Millisecond), err, settles.committed.Load(), settles.n.Load())
+		time.Since(start).Round(time.Millisecond), err, settles.Committed.Load(), settles.Settled())
 	<-rejoined
 	l.FiredOnce(t)
 	rejoin, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -480,27 +480,7 @@ func TestGaleraNodeCutOffMidCommit(t *testing.T) {
 	if n := count(t, check, `SELECT COUNT(*) FROM keystore_keys`); n != 2 {
 		t.Errorf("%d keys on node 1, want 2", n)
 	}
-	if settles.n.Load() != 1 {
-		t.Errorf("%d lost commits settled, want 1", settles.n.Load())
+	if settles.Settled() != 1 {
+		t.Errorf("%d lost commits settled, want 1", settles.Settled())
 	}
-}
-
-// settleCounter is a slog.Handler that counts the Store's settled lost
-// commits.
-type settleCounter struct{ n, committed atomic.Int64 }
-
-func (h *settleCounter) Enabled(context.Context, slog.Level) bool { return true }
-func (h *settleCounter) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h *settleCounter) WithGroup(string) slog.Handler            { return h }
-func (h *settleCounter) Handle(_ context.Context, r slog.Record) error {
-	if r.Message == "keystore: settled a lost commit" {
-		h.n.Add(1)
-		r.Attrs(func(a slog.Attr) bool {
-			if a.Key == "committed" && a.Value.Bool() {
-				h.committed.Add(1)
-			}
-			return true
-		})
-	}
-	return nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/idsafe/keystore"
 	"github.com/idsafe/keystore/internal/mariadb"
+	"github.com/idsafe/keystore/internal/testutil"
 	"github.com/idsafe/keystore/keystoretest"
 )
 
@@ -85,7 +86,7 @@ func crashUnderLoad(t *testing.T, settle, down time.Duration) {
 	}
 
 	var retries atomic.Int64
-	settles := &settleLog{}
+	settles := &testutil.SettleLog{}
 	store, err := keystore.New(db, keystore.WithSettleTimeout(settle), keystore.WithLogger(slog.New(settles)), keystore.WithRetryOptions(
 		keystore.OnRetry(func(int, error) { retries.Add(1) })))
 	if err != nil {
@@ -167,7 +168,7 @@ func crashUnderLoad(t *testing.T, settle, down time.Duration) {
 			name, c[succeeded], c[ambiguous], c[exhausted], c[unclassified])
 	}
 	t.Logf("retries: %d; lost commits settled by the calls: %d committed, %d not", retries.Load(),
-		settles.committed.Load(), settles.rolledBack.Load())
+		settles.Committed.Load(), settles.NotCommitted.Load())
 	for _, s := range samples {
 		t.Errorf("unclassified error: %s", s)
 	}

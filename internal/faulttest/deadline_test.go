@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/internal/testutil"
 )
 
 // TestDeadlinesUnderLoad: 16 goroutines make 800 calls (CreateKey with and
@@ -24,7 +25,7 @@ import (
 // call's return is reported (p50, p99, max).
 func TestDeadlinesUnderLoad(t *testing.T) {
 	f := newFixture(t)
-	settles := &settleLog{}
+	settles := &testutil.SettleLog{}
 	store, err := keystore.New(f.Direct, keystore.WithLogger(slog.New(settles)))
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +100,7 @@ func TestDeadlinesUnderLoad(t *testing.T) {
 	}
 	wg.Wait()
 
-	t.Logf("outcomes: %v; lost commits settled: %d committed, %d not", counts, settles.committed.Load(), settles.rolledBack.Load())
+	t.Logf("outcomes: %v; lost commits settled: %d committed, %d not", counts, settles.Committed.Load(), settles.NotCommitted.Load())
 	for _, f := range foreign {
 		t.Errorf("an error that is not the context's: %s", f)
 	}

@@ -6,11 +6,11 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/internal/testutil"
 )
 
 // startCredits is what every key of TestMutationsUnderFaults starts with;
@@ -35,7 +35,7 @@ func TestMutationsUnderFaults(t *testing.T) {
 
 func mutationsUnderFaults(t *testing.T, opts ...keystore.Option) {
 	f := newFixture(t)
-	settles := &settleLog{}
+	settles := &testutil.SettleLog{}
 	store, err := keystore.New(f.Proxied, append(opts, keystore.WithLogger(slog.New(settles)))...)
 	if err != nil {
 		t.Fatal(err)
@@ -130,8 +130,8 @@ func mutationsUnderFaults(t *testing.T, opts ...keystore.Option) {
 		}
 	}
 	t.Logf("%d mutations in %v; faults injected: %v", calls, time.Since(start).Round(time.Millisecond), injected)
-	t.Logf("lost commits settled: %d committed, %d not committed", settles.committed.Load(), settles.rolledBack.Load())
-	if settles.committed.Load()+settles.rolledBack.Load() == 0 {
+	t.Logf("lost commits settled: %d committed, %d not committed", settles.Committed.Load(), settles.NotCommitted.Load())
+	if settles.Settled() == 0 {
 		t.Errorf("no commit was lost: the faults did not test settling")
 	}
 	for _, s := range samples {
@@ -167,30 +167,4 @@ func mutationsUnderFaults(t *testing.T, opts ...keystore.Option) {
 		t.Errorf("%d external ids with more than one live identity (%v)", dups, err)
 	}
 	waitIdle(t, f.Proxied)
-}
-
-// settleLog is a slog.Handler that counts the Store's settled lost commits
-// by outcome.
-type settleLog struct {
-	committed, rolledBack atomic.Int64
-}
-
-func (h *settleLog) Enabled(context.Context, slog.Level) bool { return true }
-func (h *settleLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h *settleLog) WithGroup(string) slog.Handler            { return h }
-func (h *settleLog) Handle(_ context.Context, r slog.Record) error {
-	if r.Message != "keystore: settled a lost commit" {
-		return nil
-	}
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "committed" {
-			if a.Value.Bool() {
-				h.committed.Add(1)
-			} else {
-				h.rolledBack.Add(1)
-			}
-		}
-		return true
-	})
-	return nil
 }
