@@ -73,10 +73,14 @@ type audit struct {
 // statement by writeTrail, or in one round trip by execOneTrip): the INSERT
 // of its audit events, or under WithoutAudit the INSERT of its receipt. The
 // first trail built for the pending receipt ctx carries gives it its id
-// (the first event's, or the receipt row's). A row that every mutation
-// must write with its changes belongs here.
+// (the first event's, or the receipt row's), and records in it what the
+// events changed for the change feed (changes.go). A row that every
+// mutation must write with its changes belongs here.
 func (s *Store) trail(ctx context.Context, now time.Time, workspaceID string, events []audit) []statement {
 	p := pendingFrom(ctx)
+	for _, e := range events {
+		p.changed(changedBy(workspaceID, e))
+	}
 	if s.noAudit {
 		if id := p.claim("rcp"); id != "" {
 			return []statement{{`INSERT INTO keystore_receipts (id) VALUES (?)`, []any{id}}}

@@ -16,24 +16,25 @@ import (
 
 // Server error numbers the library acts on.
 const (
-	errDupEntry          = 1062 // ER_DUP_ENTRY: the statement was rolled back
-	errLockDeadlock      = 1213 // ER_LOCK_DEADLOCK: the whole transaction was rolled back
-	errLockWaitTimeout   = 1205 // ER_LOCK_WAIT_TIMEOUT: only the statement was rolled back
-	errServerShutdown    = 1053 // ER_SERVER_SHUTDOWN: connection closed, transaction rolled back
-	errConnectionKilled  = 1927 // ER_CONNECTION_KILLED (MariaDB)
-	errClientIdleTimeout = 4031 // MySQL 8.0.24+: idle connection closed by the server
-	errParse             = 1064 // ER_PARSE_ERROR: only the statement was rolled back
-	errUnknown           = 1105 // ER_UNKNOWN_ERROR: Vitess may carry the real number in the message
-	errSyntax            = 1149 // ER_SYNTAX_ERROR: how Vitess reports syntax it does not know
-	errUnsupportedPS     = 1295 // ER_UNSUPPORTED_PS: a statement the server will not prepare
-	errRecordChanged     = 1020 // ER_CHECKREAD (MariaDB): record changed since the snapshot
-	errQueryInterrupted  = 1317 // ER_QUERY_INTERRUPTED: KILL QUERY
-	errStatementTimeout  = 1969 // ER_STATEMENT_TIMEOUT (MariaDB): max_statement_time
-	errSignalException   = 1644 // ER_SIGNAL_EXCEPTION: SIGNAL SQLSTATE '45000' (requireRowWritten)
-	errUnknownThread     = 1094 // ER_NO_SUCH_THREAD: KILL of a thread that is gone
-	errNoSuchTable       = 1109 // ER_UNKNOWN_TABLE: information_schema.GLOBAL_STATUS on MySQL
-	errClientGone        = 2006 // CR_SERVER_GONE_ERROR: Vitess's connection to MySQL broke, as "(errno 2006)"
-	errClientLost        = 2013 // CR_SERVER_LOST: the same, mid-query
+	errDupEntry              = 1062 // ER_DUP_ENTRY: the statement was rolled back
+	errLockDeadlock          = 1213 // ER_LOCK_DEADLOCK: the whole transaction was rolled back
+	errLockWaitTimeout       = 1205 // ER_LOCK_WAIT_TIMEOUT: only the statement was rolled back
+	errServerShutdown        = 1053 // ER_SERVER_SHUTDOWN: connection closed, transaction rolled back
+	errConnectionKilled      = 1927 // ER_CONNECTION_KILLED (MariaDB)
+	errClientIdleTimeout     = 4031 // MySQL 8.0.24+: idle connection closed by the server
+	errParse                 = 1064 // ER_PARSE_ERROR: only the statement was rolled back
+	errUnknown               = 1105 // ER_UNKNOWN_ERROR: Vitess may carry the real number in the message
+	errSyntax                = 1149 // ER_SYNTAX_ERROR: how Vitess reports syntax it does not know
+	errUnsupportedPS         = 1295 // ER_UNSUPPORTED_PS: a statement the server will not prepare
+	errRecordChanged         = 1020 // ER_CHECKREAD (MariaDB): record changed since the snapshot
+	errQueryInterrupted      = 1317 // ER_QUERY_INTERRUPTED: KILL QUERY
+	errStatementTimeout      = 1969 // ER_STATEMENT_TIMEOUT (MariaDB): max_statement_time
+	errSignalException       = 1644 // ER_SIGNAL_EXCEPTION: SIGNAL SQLSTATE '45000' (requireRowWritten)
+	errUnknownThread         = 1094 // ER_NO_SUCH_THREAD: KILL of a thread that is gone
+	errNoSuchTable           = 1109 // ER_UNKNOWN_TABLE: information_schema.GLOBAL_STATUS on MySQL
+	errUnknownSystemVariable = 1193 // ER_UNKNOWN_SYSTEM_VARIABLE: wsrep_sync_wait without Galera support
+	errClientGone            = 2006 // CR_SERVER_GONE_ERROR: Vitess's connection to MySQL broke, as "(errno 2006)"
+	errClientLost            = 2013 // CR_SERVER_LOST: the same, mid-query
 )
 
 // lostConnection reports whether a server error number says the connection

@@ -8,4 +8,7 @@ require (
 	github.com/jmoiron/sqlx v1.4.0
 )
 
-require filippo.io/edwards25519 v1.2.0 // indirect
+require (
+	filippo.io/edwards25519 v1.2.0 // indirect
+	golang.org/x/sync v0.19.0 // indirect
+)

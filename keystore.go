@@ -33,7 +33,11 @@ type Store struct {
 	leases      tokenLeases // ratelimit tokens granted to this Store
 	// settleTimeout bounds the settling of a lost commit (settle.go).
 	settleTimeout time.Duration
-	prepared      preparedStatements
+	// cache is VerifyKey's, nil without WithVerifyCache (cache.go).
+	cache          *verifyCache
+	cacheKeys      int
+	cacheStaleness time.Duration
+	prepared       preparedStatements
 	// noReturning is set once the server rejected INSERT ... RETURNING,
 	// noOneTrip once it rejected an anonymous block (see execOneTrip).
 	noReturning, noOneTrip atomic.Bool
@@ -102,6 +106,12 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 	if r := s.replica; r != nil && r.timeout <= 0 {
 		return nil, errors.New("keystore: New: WithReplicaTimeout needs a positive duration")
 	}
+	if s.cacheKeys != 0 || s.cacheStaleness != 0 {
+		if s.cacheKeys <= 0 || s.cacheStaleness <= 0 {
+			return nil, errors.New("keystore: New: WithVerifyCache needs a positive maxKeys and maxStaleness")
+		}
+		s.cache = newVerifyCache(db, s.log, s.cacheKeys, s.cacheStaleness)
+	}
 	logRetry := OnRetry(func(attempt int, err error) {
 		s.log.Debug("keystore: retrying transaction", "attempt", attempt, "err", err)
 	})
@@ -112,7 +122,9 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 
 // tx runs fn in a retried transaction with the Store's retry policy and
 // then extra. Each attempt carries a pending receipt in fn's ctx for the
-// trail fn writes, and a commit whose reply was lost is settled with it
+// trail fn writes, writes what the trail recorded as changed to the change
+// feed after fn (changes.go), and the Store's cache forgets it at once
+// when tx returns; a commit whose reply was lost is settled with it
 // (settle.go); an attempt whose connection broke before COMMIT has its
 // server thread ended before the next attempt.
 func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *sqlx.Tx) (T, error), extra ...RetryOption) (T, error) {
@@ -121,9 +133,17 @@ func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *s
 		return zero, err
 	}
 	cfg := newRetryConfig(append(s.retry[:len(s.retry):len(s.retry)], extra...))
+	var p *pending // the last attempt's
+	defer func() { s.changedHere(p) }()
 	return retry(ctx, &cfg, func() (T, error) {
-		p := &pending{}
-		v, err := runTx(withPending(ctx, p), s.db, cfg.txOptions, fn, p.sentOn)
+		p = &pending{}
+		v, err := runTx(withPending(ctx, p), s.db, cfg.txOptions, func(ctx context.Context, tx *sqlx.Tx) (T, error) {
+			v, err := fn(ctx, tx)
+			if err == nil {
+				err = writeChanges(ctx, tx, p)
+			}
+			return v, err
+		}, p.sentOn)
 		if err != nil && !errors.Is(err, ErrAmbiguousCommit) && isConnectionLost(err) && ctx.Err() == nil {
 			s.release(ctx, p)
 		}

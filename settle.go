@@ -269,9 +269,11 @@ func receiptTable(id string) (string, bool) {
 
 // pending is the receipt of the transaction being built and sent: the
 // first trail written into it (see Store.trail) takes its ID, and the
-// connection that sends it fills in the rest.
+// connection that sends it fills in the rest. It also collects what the
+// transaction changed, which its last statements write to the change feed.
 type pending struct {
 	receipt Receipt
+	changes []string // what the transaction changed, for the change feed (changes.go)
 }
 
 type pendingKey struct{}

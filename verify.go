@@ -130,26 +130,14 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 		return Verification{}, err
 	}
 	now, cost := s.clock(), max(req.Cost, 1)
-	var row verifyRow
 	hash := hashKey(req.Key)
-	var fromReplica bool
-	lookup := func(ctx context.Context, db *sqlx.DB) error {
-		fromReplica = db != s.db
-		stmt, err := s.prepared.get(ctx, db, selectVerify)
-		if err != nil {
-			return err
-		}
-		err = row.scan(stmt.QueryRowContext(ctx, hash))
-		if errors.Is(err, sql.ErrNoRows) { // a key rerolled within its grace period?
-			err = row.scan(db.QueryRowContext(ctx, selectVerifyByOldHash, hash, utc(now)))
-		}
-		return err
-	}
-	err := s.read(ctx, lookup)
-	if err == nil && fromReplica && !row.DeletedAt.Valid && !row.passes(req, cost, now) {
-		// A lagging replica may not know yet that the key was enabled,
-		// extended or given credits: only the primary may say no.
-		err = s.readPrimary(ctx, lookup)
+	var row verifyRow
+	var fromCache bool
+	var err error
+	if s.cache != nil {
+		row, fromCache, err = s.cachedKey(ctx, req, hash, cost, now)
+	} else {
+		row, err = s.readKey(ctx, req, hash, cost, now)
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return Verification{Code: CodeNotFound}, nil
@@ -183,8 +171,40 @@ func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verificati
 		return v, nil
 	}
 	spent, err := s.spend(ctx, req, row, cost, now)
+	if fromCache && (spent.Remaining == nil || *spent.Remaining != *v.Remaining-cost) {
+		// Spent elsewhere, or changed: the credits the cache holds are
+		// out of date, and a spend from them would miss once more.
+		s.cache.forget(string(hash))
+	}
 	spent.RatelimitResults = v.RatelimitResults
 	return spent, err
+}
+
+// readKey reads the key of hash for req from the database. With a replica
+// (see [WithReplica]) it reads the replica, and the primary when the key is
+// not there or would not verify: a lagging replica may not know yet that
+// the key was enabled, extended or given credits, so only the primary may
+// say no. It returns sql.ErrNoRows for no key.
+func (s *Store) readKey(ctx context.Context, req VerifyKeyRequest, hash []byte, cost int64, now time.Time) (verifyRow, error) {
+	var row verifyRow
+	var fromReplica bool
+	lookup := func(ctx context.Context, db *sqlx.DB) error {
+		fromReplica = db != s.db
+		stmt, err := s.prepared.get(ctx, db, selectVerify)
+		if err != nil {
+			return err
+		}
+		err = row.scan(stmt.QueryRowContext(ctx, hash))
+		if errors.Is(err, sql.ErrNoRows) { // a key rerolled within its grace period?
+			err = row.scan(db.QueryRowContext(ctx, selectVerifyByOldHash, hash, utc(now)))
+		}
+		return err
+	}
+	err := s.read(ctx, lookup)
+	if err == nil && fromReplica && !row.DeletedAt.Valid && !row.passes(req, cost, now) {
+		err = s.readPrimary(ctx, lookup)
+	}
+	return row, err
 }
 
 // passes reports whether the key read as r would verify for req: valid, and
@@ -329,17 +349,17 @@ type verifyRow struct {
 	IdentityRatelimits jsonColumn[[]ratelimitJSON]
 }
 
-// selectVerifyFrom reads what a verification returns and nothing else,
-// with the key's sets and its live owner's copies from its row: no join.
-// verifyRow.scan reads these columns by position: change both together.
-const selectVerifyFrom = `SELECT k.id, k.workspace_id, k.key_space_id,
+// verifyColumns is what a verification reads of a key and nothing else:
+// the key with its sets and its live owner's copies, from its row (no
+// join). verifyRow.dest lists them in this order: change both together.
+const verifyColumns = `k.id, k.workspace_id, k.key_space_id,
 	IF(k.owner_external_id IS NULL, NULL, k.identity_id), k.owner_external_id, k.meta, k.expires,
 	k.enabled, k.remaining, k.refill_interval, k.refill_amount, k.refill_day, k.refilled_at, k.deleted_at,
-	k.permissions, k.roles, k.ratelimits, k.owner_meta, k.owner_ratelimits
-FROM keystore_keys k `
+	k.permissions, k.roles, k.ratelimits, k.owner_meta, k.owner_ratelimits`
 
 const (
-	selectVerify = selectVerifyFrom + `WHERE k.hash = ?`
+	selectVerifyFrom = `SELECT ` + verifyColumns + ` FROM keystore_keys k `
+	selectVerify     = selectVerifyFrom + `WHERE k.hash = ?`
 	// The key an old hash of a rerolled key still names, until it expires.
 	selectVerifyByOldHash = selectVerifyFrom + `JOIN keystore_old_hashes o ON o.key_id = k.id
 		WHERE o.hash = ? AND o.expires_at > ?`
@@ -350,10 +370,17 @@ const (
 // rather than going through sqlx's reflection, which took a tenth of
 // VerifyKey's client time.
 func (r *verifyRow) scan(row interface{ Scan(...any) error }) error {
+	return row.Scan(r.dest(&r.ID, &r.WorkspaceID, &r.KeySpaceID, &r.Enabled)...)
+}
+
+// dest returns where the columns of verifyColumns go, the columns that
+// are NOT NULL in the table to the targets given (a LEFT JOIN may find
+// none of them).
+func (r *verifyRow) dest(id, workspaceID, keySpaceID, enabled any) []any {
 	k := &r.keyRow
-	return row.Scan(&k.ID, &k.WorkspaceID, &k.KeySpaceID, &k.IdentityID, &k.ExternalID, &k.Meta, &k.Expires,
-		&k.Enabled, &k.Remaining, &k.RefillInterval, &k.RefillAmount, &k.RefillDay, &k.RefilledAt, &r.DeletedAt,
-		&k.Permissions, &k.Roles, &k.Ratelimits, &r.IdentityMeta, &r.IdentityRatelimits)
+	return []any{id, workspaceID, keySpaceID, &k.IdentityID, &k.ExternalID, &k.Meta, &k.Expires,
+		enabled, &k.Remaining, &k.RefillInterval, &k.RefillAmount, &k.RefillDay, &k.RefilledAt, &r.DeletedAt,
+		&k.Permissions, &k.Roles, &k.Ratelimits, &r.IdentityMeta, &r.IdentityRatelimits}
 }
 
 // verification judges a live key at now, before any spending: disabled,

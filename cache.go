@@ -1,0 +1,329 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"golang.org/x/sync/singleflight"
+)
+
+// WithVerifyCache lets VerifyKey answer from process memory. It holds at most
+// maxKeys keys, and an answer is never older than maxStaleness: a change
+// committed through any Store, in any process, on the same database is
+// reflected in this Store's answers at most maxStaleness after its commit.
+//
+// The bound covers every change made through keystore, which writes what
+// it changed to a change feed in the same transaction (feed.go); it does
+// not cover rows changed by hand in SQL. When the Store cannot confirm
+// that it has seen every change committed until maxStaleness ago (the
+// database is unreachable or slow, the feed's table locked), VerifyKey
+// reads the database as it does without a cache: it fails safe, never
+// stale. Keys unknown to the database are remembered too (one database
+// read per unknown key and bound, not per verification); importing a key
+// forgets them.
+//
+// Credits stay exact: a key with credits is looked up in memory, but its
+// credits are spent by the conditional UPDATE on the primary as ever, and
+// a NoSpend verification of it reads the database. Ratelimits are
+// unchanged (their leases are in memory already). Concurrent misses of one
+// key share one database read. Misses read through [WithReplica] with its
+// fallbacks; a replica row older than a change the Store has seen is read
+// again from the primary. [Store.VerifyCacheStats] tells what the cache
+// did.
+func WithVerifyCache(maxKeys int, maxStaleness time.Duration) Option {
+	return func(s *Store) { s.cacheKeys, s.cacheStaleness = maxKeys, maxStaleness }
+}
+
+// VerifyCacheStats is what a Store's verification cache has done since the
+// Store was made. All zero for a Store without one.
+type VerifyCacheStats struct {
+	Hits   int64 // verifications answered from memory
+	Misses int64 // verifications that read the database and kept the answer
+	// FailSafe counts verifications that read the database because the
+	// feed had not been read within the bound.
+	FailSafe int64
+	Keys     int // keys in memory, unknown ones included
+	// FeedAge is how long ago the last poll of the change feed that was
+	// applied was sent: answers from memory are at most this stale.
+	FeedAge    time.Duration
+	Polls      int64 // polls of the change feed sent
+	PollErrors int64 // polls that failed
+	Flushes    int64 // times every key in memory was dropped (the Store fell too far behind the feed)
+}
+
+// VerifyCacheStats returns the counters of the Store's verification cache
+// (see [WithVerifyCache]). It is safe to call at any time.
+func (s *Store) VerifyCacheStats() VerifyCacheStats {
+	c := s.cache
+	if c == nil {
+		return VerifyCacheStats{}
+	}
+	st := VerifyCacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), FailSafe: c.failSafe.Load(),
+		FeedAge: c.feed.age(time.Now()), Polls: c.feed.polls.Load(), PollErrors: c.feed.pollErrors.Load(),
+		Flushes: c.feed.flushes.Load()}
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.RLock()
+		st.Keys += len(sh.m)
+		sh.mu.RUnlock()
+	}
+	return st
+}
+
+// cacheShards is the number of independently locked parts of a cache.
+const cacheShards = 64
+
+// cacheLoadTimeout bounds a database read shared by concurrent misses,
+// which runs on even when the caller whose miss started it gives up.
+const cacheLoadTimeout = 10 * time.Second
+
+// verifyCache is a Store's keys in memory, by hash of their plaintext.
+type verifyCache struct {
+	feed     *feed
+	perShard int
+	shards   [cacheShards]cacheShard
+	loads    singleflight.Group
+
+	hits, misses, failSafe atomic.Int64
+}
+
+type cacheShard struct {
+	mu sync.RWMutex
+	m  map[string]*cacheEntry
+}
+
+// cacheEntry is a key as a read found it: never modified once in the
+// cache, and copied before use.
+type cacheEntry struct {
+	row   verifyRow
+	found bool      // false: no key has this hash
+	until time.Time // found by a rerolled key's old hash: its grace end
+	gen   uint64    // the feed generation the read included
+	slots []uint32  // the feed slots of what the answer depends on
+}
+
+func newVerifyCache(db *sqlx.DB, log *slog.Logger, maxKeys int, maxStaleness time.Duration) *verifyCache {
+	c := &verifyCache{feed: newFeed(db, log, maxStaleness), perShard: max(1, (maxKeys+cacheShards-1)/cacheShards)}
+	for i := range c.shards {
+		c.shards[i].m = map[string]*cacheEntry{}
+	}
+	return c
+}
+
+func (c *verifyCache) shard(hash string) *cacheShard { return &c.shards[hash[0]%cacheShards] }
+
+// get returns the current entry of hash at now, or nil.
+func (c *verifyCache) get(hash string, now time.Time) *cacheEntry {
+	sh := c.shard(hash)
+	sh.mu.RLock()
+	e := sh.m[hash]
+	sh.mu.RUnlock()
+	if e == nil || !c.feed.current(e.gen, e.slots) || !e.until.IsZero() && !now.Before(e.until) {
+		return nil
+	}
+	return e
+}
+
+// put keeps e under hash if it is current, evicting an arbitrary key of
+// the same shard when the shard is full (Go's map order is random).
+func (c *verifyCache) put(hash string, e *cacheEntry) {
+	if !c.feed.current(e.gen, e.slots) {
+		return
+	}
+	sh := c.shard(hash)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if _, ok := sh.m[hash]; !ok && len(sh.m) >= c.perShard {
+		for k := range sh.m {
+			delete(sh.m, k)
+			break
+		}
+	}
+	sh.m[hash] = e
+}
+
+// forget drops hash, whose entry proved out of date (a credit balance
+// changed by a spend elsewhere, which the feed does not carry).
+func (c *verifyCache) forget(hash string) {
+	sh := c.shard(hash)
+	sh.mu.Lock()
+	delete(sh.m, hash)
+	sh.mu.Unlock()
+}
+
+// changedHere voids the cache's entries of what p's transaction changed,
+// as tx and execOneTrip return (committed or not: voiding is always safe).
+func (s *Store) changedHere(p *pending) {
+	if s.cache != nil && p != nil {
+		s.cache.feed.changedHere(p.changes)
+	}
+}
+
+// cachedKey returns the key of hash for req from the cache, reading it
+// (once for all concurrent misses) when it is not there. It returns
+// sql.ErrNoRows for no key, and whether the row came from memory.
+func (s *Store) cachedKey(ctx context.Context, req VerifyKeyRequest, hash []byte, cost int64, now time.Time) (verifyRow, bool, error) {
+	c := s.cache
+	if !c.feed.usable(now) {
+		c.failSafe.Add(1)
+		row, err := s.readKey(ctx, req, hash, cost, now)
+		return row, false, err
+	}
+	key := string(hash)
+	if e := c.get(key, now); e != nil && !(req.NoSpend && e.row.Remaining.Valid) {
+		c.hits.Add(1)
+		if !e.found {
+			return verifyRow{}, true, sql.ErrNoRows
+		}
+		return e.row.clone(), true, nil
+	}
+	c.misses.Add(1)
+	ch := c.loads.DoChan(key, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cacheLoadTimeout)
+		defer cancel()
+		return s.loadKey(ctx, hash, now)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return verifyRow{}, false, r.Err
+		}
+		e := r.Val.(*cacheEntry)
+		if !e.found {
+			return verifyRow{}, false, sql.ErrNoRows
+		}
+		return e.row.clone(), false, nil
+	case <-ctx.Done():
+		return verifyRow{}, false, ctx.Err()
+	}
+}
+
+// loadKey reads the key of hash with the feed position its read
+// included, and keeps it in the cache when that position is known and no
+// change since touched it. A replica's row that is not known to be that
+// recent is read again from the primary.
+func (s *Store) loadKey(ctx context.Context, hash []byte, now time.Time) (*cacheEntry, error) {
+	c := s.cache
+	var e *cacheEntry
+	var pos position // the feed position the read included
+	var fromReplica bool
+	read := func(ctx context.Context, db *sqlx.DB) (err error) {
+		fromReplica = db != s.db
+		e, pos, err = scanCachedKey(db.QueryRowContext(ctx, selectCachedVerify, hash))
+		if err == nil && !e.found {
+			// The first read's position, the earlier: both reads include it.
+			e, _, err = scanCachedKey(db.QueryRowContext(ctx, selectCachedVerifyByOldHash, hash, utc(now)))
+		}
+		if err == nil && !e.found {
+			err = sql.ErrNoRows // which s.read asks the primary about
+		}
+		return err
+	}
+	err := s.read(ctx, read)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, err
+	}
+	e.slots = e.dependsOn()
+	var known bool
+	e.gen, known = c.feed.generationOf(&pos)
+	if fromReplica && (!known || !c.feed.current(e.gen, e.slots)) {
+		if err := s.readPrimary(ctx, read); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return nil, err
+		}
+		e.slots = e.dependsOn()
+		e.gen, known = c.feed.generationOf(&pos)
+	}
+	if known {
+		c.put(string(hash), e)
+	}
+	return e, nil
+}
+
+// dependsOn returns the feed slots of what e's answer depends on: the
+// key, its owner and its workspace, or, for no key, every unknown key.
+func (e *cacheEntry) dependsOn() []uint32 {
+	if !e.found {
+		return []uint32{slotOf(unknownKeysRef)}
+	}
+	slots := []uint32{slotOf(keyRef(e.row.ID)), slotOf(workspaceRef(e.row.WorkspaceID))}
+	if e.row.IdentityID.Valid {
+		slots = append(slots, slotOf(identityRef(e.row.IdentityID.String)))
+	}
+	return slots
+}
+
+// The loading reads of a cache: one row always, the key's columns NULL
+// when there is none, with the feed position of the read's snapshot (one
+// statement: one snapshot) and, through an old hash, its grace end.
+const (
+	selectCachedVerify = `SELECT ` + feedPosition + `, NULL, ` + verifyColumns + `
+		FROM (SELECT 1 AS one) one LEFT JOIN keystore_keys k ON k.hash = ?`
+	selectCachedVerifyByOldHash = `SELECT ` + feedPosition + `, o.expires_at, ` + verifyColumns + `
+		FROM (SELECT 1 AS one) one LEFT JOIN (keystore_old_hashes o JOIN keystore_keys k ON k.id = o.key_id)
+		ON o.hash = ? AND o.expires_at > ?`
+)
+
+// scanCachedKey reads a row of the loading reads.
+func scanCachedKey(row interface{ Scan(...any) error }) (*cacheEntry, position, error) {
+	e := &cacheEntry{}
+	var feed string
+	var id, workspaceID, keySpaceID sql.NullString
+	var enabled sql.NullBool
+	var until dbTime
+	if err := row.Scan(append([]any{&feed, &until}, e.row.dest(&id, &workspaceID, &keySpaceID, &enabled)...)...); err != nil {
+		return nil, position{}, err
+	}
+	e.row.WorkspaceID, e.row.KeySpaceID, e.row.Enabled = workspaceID.String, keySpaceID.String, enabled.Bool
+	pos, ok := parsePosition(feed)
+	if !ok {
+		return nil, pos, errors.New("keystore: change feed: unreadable position (run Migrate)")
+	}
+	e.row.ID, e.found, e.until = id.String, id.Valid, until.Time
+	return e, pos, nil
+}
+
+// clone returns a copy of r that shares nothing a caller could modify
+// with r.
+func (r verifyRow) clone() verifyRow {
+	r.Permissions.V = slices.Clone(r.Permissions.V)
+	r.Roles.V = slices.Clone(r.Roles.V)
+	r.Ratelimits.V = slices.Clone(r.Ratelimits.V)
+	r.IdentityRatelimits.V = slices.Clone(r.IdentityRatelimits.V)
+	r.Meta.V = cloneJSON(r.Meta.V)
+	r.IdentityMeta.V = cloneJSON(r.IdentityMeta.V)
+	return r
+}
+
+// cloneJSON returns a deep copy of a decoded JSON object.
+func cloneJSON(m map[string]any) map[string]any {
+	if m == nil {
+		return nil
+	}
+	m = maps.Clone(m)
+	for k, v := range m {
+		m[k] = cloneJSONValue(v)
+	}
+	return m
+}
+
+func cloneJSONValue(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		return cloneJSON(v)
+	case []any:
+		out := slices.Clone(v)
+		for i, x := range out {
+			out[i] = cloneJSONValue(x)
+		}
+		return out
+	}
+	return v
+}

@@ -1,0 +1,237 @@
+package keystore_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/keystoretest"
+)
+
+// cacheBound is the staleness bound the cache tests give their Stores.
+const cacheBound = 300 * time.Millisecond
+
+// TestVerifyCacheSeesEveryKindOfChange: a Store with a cache verifies a
+// key (from memory, as its counters show) while another Store, on a pool
+// of its own, changes it in every way that alters a verification. Each
+// change is in the caching Store's answers once the bound has passed
+// since the change returned, and the caching Store's own changes are in
+// its answers at once.
+func TestVerifyCacheSeesEveryKindOfChange(t *testing.T) {
+	ctx := context.Background()
+	dsn := keystoretest.DSN(t)
+	writer, db := storeOn(t, dsn, 4)
+	reader, _ := storeOn(t, dsn, 4, keystore.WithVerifyCache(1000, cacheBound))
+	createRole(t, db, "ws", "r1", "p.role")
+	key, err := writer.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+		ExternalID: "u1", Roles: []string{"r1"}, Permissions: []string{"p.direct"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify := func(s *keystore.Store, plaintext string) keystore.Verification {
+		t.Helper()
+		v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: plaintext})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	// awaitChange checks that the reader answers from memory before the
+	// change, and that its answer satisfies want once the bound has
+	// passed since change returned.
+	awaitChange := func(name string, s *keystore.Store, plaintext string, change func() error, want func(keystore.Verification) bool) {
+		t.Helper()
+		for start := time.Now(); ; time.Sleep(time.Millisecond) {
+			hits := reader.VerifyCacheStats().Hits
+			verify(reader, plaintext)
+			if reader.VerifyCacheStats().Hits == hits+1 {
+				break
+			}
+			if time.Since(start) > 10*cacheBound {
+				t.Fatalf("%s: no answer from memory before the change: %+v", name, reader.VerifyCacheStats())
+			}
+		}
+		if err := change(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		done := time.Now()
+		for time.Since(done) < cacheBound && !want(verify(reader, plaintext)) {
+			time.Sleep(time.Millisecond)
+		}
+		if time.Since(done) >= cacheBound {
+			if v := verify(reader, plaintext); !want(v) {
+				t.Errorf("%s: after the bound the reader answers %+v", name, v)
+			}
+		}
+		t.Logf("%s: seen after %v", name, time.Since(done).Round(time.Millisecond))
+	}
+	update := func(req keystore.UpdateKeyRequest) func() error {
+		return func() error {
+			req.WorkspaceID, req.KeyID = "ws", key.KeyID
+			_, err := writer.UpdateKey(ctx, req)
+			return err
+		}
+	}
+	code := func(c keystore.VerificationCode) func(keystore.Verification) bool {
+		return func(v keystore.Verification) bool { return v.Code == c }
+	}
+	awaitChange("disable", writer, key.Key, update(keystore.UpdateKeyRequest{Enabled: keystore.Set(false)}), code(keystore.CodeDisabled))
+	awaitChange("enable", writer, key.Key, update(keystore.UpdateKeyRequest{Enabled: keystore.Set(true)}), code(keystore.CodeValid))
+	awaitChange("permissions", writer, key.Key, update(keystore.UpdateKeyRequest{Permissions: keystore.Set([]string{"p.other"})}),
+		func(v keystore.Verification) bool { return slices.Contains(v.Permissions, "p.other") })
+	awaitChange("meta", writer, key.Key, update(keystore.UpdateKeyRequest{Meta: keystore.Set(map[string]any{"plan": "pro"})}),
+		func(v keystore.Verification) bool { return v.Meta["plan"] == "pro" })
+	awaitChange("owner's ratelimits", writer, key.Key, func() error {
+		_, err := writer.UpdateIdentity(ctx, keystore.UpdateIdentityRequest{WorkspaceID: "ws", ExternalID: "u1",
+			Ratelimits: keystore.Set([]keystore.Ratelimit{{Name: "owner", Limit: 5, Duration: time.Minute}})})
+		return err
+	}, func(v keystore.Verification) bool { return len(v.IdentityRatelimits) == 1 })
+	awaitChange("role deleted", writer, key.Key, func() error { return writer.DeleteRole(ctx, "ws", "r1") },
+		func(v keystore.Verification) bool {
+			return !slices.Contains(v.Roles, "r1") && !slices.Contains(v.Permissions, "p.role")
+		})
+	awaitChange("owner deleted", writer, key.Key, func() error { return writer.DeleteIdentity(ctx, "ws", "u1") },
+		func(v keystore.Verification) bool { return v.ExternalID == "" })
+	expires := time.Now().Add(cacheBound / 2)
+	awaitChange("expiry", writer, key.Key, update(keystore.UpdateKeyRequest{Expires: keystore.Set(expires)}), code(keystore.CodeExpired))
+	awaitChange("expiry lifted", writer, key.Key, update(keystore.UpdateKeyRequest{Expires: keystore.Null[time.Time]()}), code(keystore.CodeValid))
+	var rerolled keystore.CreatedKey
+	awaitChange("reroll", writer, key.Key, func() error {
+		rerolled, err = writer.RerollKey(ctx, keystore.RerollKeyRequest{WorkspaceID: "ws", KeyID: key.KeyID})
+		return err
+	}, code(keystore.CodeNotFound))
+	if v := verify(reader, rerolled.Key); v.Code != keystore.CodeValid {
+		t.Fatalf("the rerolled key: %+v", v)
+	}
+	awaitChange("delete", writer, rerolled.Key, func() error { return writer.DeleteKey(ctx, "ws", key.KeyID) }, code(keystore.CodeNotFound))
+
+	// A key unknown when verified, imported afterwards.
+	const plaintext = "imported_0123456789abcdef"
+	sum := sha256.Sum256([]byte(plaintext))
+	awaitChange("import", writer, plaintext, func() error {
+		_, err := writer.ImportKey(ctx, keystore.ImportKeyRequest{CreateKeyRequest: keystore.CreateKeyRequest{
+			WorkspaceID: "ws", KeySpaceID: "ks"}, Hash: hex.EncodeToString(sum[:])})
+		return err
+	}, code(keystore.CodeValid))
+
+	// The reader's own change is in its answers when the call returns.
+	own, err := reader.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify(reader, own.Key)
+	if _, err := reader.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: own.KeyID, Enabled: keystore.Set(false)}); err != nil {
+		t.Fatal(err)
+	}
+	if v := verify(reader, own.Key); v.Code != keystore.CodeDisabled {
+		t.Errorf("the Store's own change: it answers %s at once, want %s", v.Code, keystore.CodeDisabled)
+	}
+}
+
+// TestVerifyCacheReadsOnceForConcurrentMisses: 64 goroutines verify one
+// key the cache does not hold; the database is read once.
+func TestVerifyCacheReadsOnceForConcurrentMisses(t *testing.T) {
+	ctx := context.Background()
+	s, db := storeOn(t, keystoretest.DSN(t), 1, keystore.WithVerifyCache(1000, time.Minute))
+	key, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first verification primes the feed; the next poll is due in 15 s.
+	if _, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: "unknown"}); err != nil {
+		t.Fatal(err)
+	}
+	for s.VerifyCacheStats().FeedAge > time.Minute {
+		time.Sleep(time.Millisecond)
+	}
+	before := s.VerifyCacheStats()
+	n := statements(t, db, func() {
+		var wg sync.WaitGroup
+		for range 64 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: key.Key})
+				if err != nil || v.Code != keystore.CodeValid {
+					t.Errorf("VerifyKey: %v, %v", v.Code, err)
+				}
+			}()
+		}
+		wg.Wait()
+	})
+	after := s.VerifyCacheStats()
+	if n != 1 || after.Polls != before.Polls {
+		t.Errorf("64 concurrent misses of one key sent %d statements (%d polls), want 1 read", n, after.Polls-before.Polls)
+	}
+	if hits, misses := after.Hits-before.Hits, after.Misses-before.Misses; hits+misses != 64 || misses < 1 {
+		t.Errorf("%d hits and %d misses, want 64 in all", hits, misses)
+	}
+}
+
+// TestVerifyCacheFailsSafe: while the change feed's table is locked, the
+// poll cannot read it; once the bound has passed since the last poll,
+// the Store answers from the database, so a change made meanwhile (by hand
+// here, as no Store can write the feed) is in its answers.
+func TestVerifyCacheFailsSafe(t *testing.T) {
+	ctx := context.Background()
+	dsn := keystoretest.DSN(t)
+	s, db := storeOn(t, dsn, 4, keystore.WithVerifyCache(1000, cacheBound))
+	key, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify := func() keystore.Verification {
+		t.Helper()
+		v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: key.Key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for s.VerifyCacheStats().Hits == 0 {
+		verify()
+		time.Sleep(time.Millisecond)
+	}
+	lock, err := db.Connx(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if _, err := lock.ExecContext(ctx, `LOCK TABLES keystore_changes WRITE`); err != nil {
+		t.Fatal(err)
+	}
+	locked := time.Now()
+	for time.Since(locked) < cacheBound {
+		verify()
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := db.ExecContext(ctx, `UPDATE keystore_keys SET enabled = 0 WHERE id = ?`, key.KeyID); err != nil {
+		t.Fatal(err)
+	}
+	before := s.VerifyCacheStats()
+	for range 20 {
+		if v := verify(); v.Code != keystore.CodeDisabled {
+			t.Fatalf("with the feed unread for longer than the bound, the Store answers %s from memory", v.Code)
+		}
+	}
+	after := s.VerifyCacheStats()
+	if after.Hits != before.Hits || after.FailSafe-before.FailSafe != 20 {
+		t.Errorf("stats while failing safe: before %+v, after %+v", before, after)
+	}
+	if _, err := lock.ExecContext(ctx, `UNLOCK TABLES`); err != nil {
+		t.Fatal(err)
+	}
+	// The poll goes through again, and memory answers again.
+	for start := time.Now(); s.VerifyCacheStats().Hits == after.Hits; {
+		if time.Since(start) > 10*cacheBound {
+			t.Fatalf("no answer from memory after the feed was unlocked: %+v", s.VerifyCacheStats())
+		}
+		verify()
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -1,0 +1,99 @@
+package keystore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"slices"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// What a mutation changed, written to the change feed for the
+// verification caches of every Store (feed.go reads it).
+//
+// A mutation that can change a verification's answer names what it
+// changed, and the last statements of its transaction write those names
+// to keystore_changes (migration 005): a key ("k:" and its id), an
+// identity, whose copies every key of it carries ("i:"), a workspace,
+// whose keys' permissions a role change rewrites ("w:"), or every key a
+// cache knows as unknown ("n:", for imports: an imported key's plaintext
+// may have been verified before it existed). Creations name nothing:
+// nobody can have verified a generated key before CreateKey returned it.
+//
+// The feed is written last so that its shard's row lock, which makes the
+// shard's writers commit one after the other, is held only for the COMMIT
+// and is the last lock the transaction takes (no lock-order cycle with
+// the rows it changed before).
+
+// What a change names.
+func keyRef(id string) string       { return "k:" + id }
+func identityRef(id string) string  { return "i:" + id }
+func workspaceRef(id string) string { return "w:" + id }
+
+const unknownKeysRef = "n:"
+
+// changedBy returns what the mutation of event e in workspaceID changes in
+// verification answers, or "" for nothing.
+func changedBy(workspaceID string, e audit) string {
+	switch e.event {
+	case EventKeyUpdate, EventKeyDelete, EventKeyReroll:
+		return keyRef(e.keyID)
+	case EventKeyImport:
+		return unknownKeysRef
+	case EventIdentityUpdate, EventIdentityDelete:
+		return identityRef(e.identityID)
+	case EventRoleUpdate, EventRoleDelete:
+		return workspaceRef(workspaceID)
+	}
+	return ""
+}
+
+// changed records refs as changed by p's transaction.
+func (p *pending) changed(refs ...string) {
+	if p == nil {
+		return
+	}
+	for _, r := range refs {
+		if r != "" && !slices.Contains(p.changes, r) {
+			p.changes = append(p.changes, r)
+		}
+	}
+}
+
+// changeStatements returns the statements that write p's changes to the
+// feed, none when it changed nothing. They go last, just before COMMIT.
+// LAST_INSERT_ID(expr) carries the shard's new number from the UPDATE to
+// the INSERT on the same connection, without a read.
+func (p *pending) changeStatements() []statement {
+	if p == nil || len(p.changes) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(p.changes) // strings always encode
+	refs := string(b)
+	shard := feedShard(p.changes[0])
+	return []statement{
+		{`UPDATE keystore_change_shards SET seq = LAST_INSERT_ID(seq + 1) WHERE shard = ?`, []any{shard}},
+		{`INSERT INTO keystore_changes (shard, slot, seq, refs) VALUES (?, MOD(LAST_INSERT_ID(), ?), LAST_INSERT_ID(), ?)
+			ON DUPLICATE KEY UPDATE seq = LAST_INSERT_ID(), refs = ?`, []any{shard, feedRing, refs, refs}},
+	}
+}
+
+// writeChanges runs p's change statements in tx.
+func writeChanges(ctx context.Context, tx *sqlx.Tx, p *pending) error {
+	for _, st := range p.changeStatements() {
+		if _, err := tx.ExecContext(ctx, st.query, st.args...); err != nil {
+			return fmt.Errorf("keystore: write change feed: %w", err)
+		}
+	}
+	return nil
+}
+
+// feedShard is the shard of a transaction whose first change is ref: the
+// same for every change of one key, which wait for each other anyway.
+func feedShard(ref string) int {
+	h := fnv.New32a()
+	h.Write([]byte(ref))
+	return int(h.Sum32() % feedShards)
+}

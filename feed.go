@@ -1,0 +1,340 @@
+package keystore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// Reading the change feed: what keeps a verification cache (cache.go)
+// within its staleness bound.
+//
+// Every mutation that can change a verification's answer writes, in its
+// own transaction, a row of keystore_changes naming what it changed
+// (changes.go). Rows are numbered per shard in commit order and without
+// gaps (migration 005 says why), so a reader that remembers the last number
+// it applied of each shard, its position, misses nothing: one SELECT of
+// the rows past its position returns every change committed before the
+// SELECT began. That SELECT is a poll.
+//
+// A poll does not touch the cache's entries. Applying it bumps a
+// generation counter and stamps the new generation on a slot for each
+// name it read (slots are found by hash: a collision only costs a miss).
+// An entry remembers the generation its read included, and it is current
+// while none of the slots of its key, owner and workspace carries a later
+// one. So a lookup is a few atomic loads, and a miss that raced a poll is
+// caught by the slot it carries.
+//
+// Which generation a read included is read with the row: the loading
+// query also returns the shards' numbers as its server saw them (a
+// replica's may lag), and the read includes every poll whose position is
+// within those numbers, shard by shard.
+//
+// The bound: an answer from memory is given only while the last poll
+// applied was sent less than maxStaleness ago; past that the Store reads
+// the database (fail safe). Polls are made on demand by verifications,
+// one at a time and at most one per poll interval (a quarter of
+// maxStaleness), so an idle Store sends nothing. On Galera the poll waits
+// for its node to apply what the cluster committed before it
+// (wsrep_sync_wait), so a change made on any node is seen.
+
+const (
+	feedShards  = 32      // rows of keystore_change_shards (migration 005)
+	feedRing    = 256     // rows of keystore_changes per shard (migration 005)
+	feedSlots   = 1 << 16 // generation slots, by hash of a change's name
+	feedHistory = 64      // positions of recent polls remembered
+)
+
+// position is the last number of each shard that a read or poll included.
+type position [feedShards]int64
+
+// includes reports whether p includes everything q does.
+func (p *position) includes(q *position) bool {
+	for i := range p {
+		if p[i] < q[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// parsePosition parses the shards' numbers as the loading query returns
+// them: comma-separated, in shard order.
+func parsePosition(s string) (position, bool) {
+	var p position
+	fields := strings.Split(s, ",")
+	if len(fields) != feedShards {
+		return p, false
+	}
+	for i, f := range fields {
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return p, false
+		}
+		p[i] = n
+	}
+	return p, true
+}
+
+// feedPosition is the SQL expression of the shards' numbers, as
+// parsePosition reads them.
+const feedPosition = `(SELECT GROUP_CONCAT(seq ORDER BY shard SEPARATOR ',') FROM keystore_change_shards)`
+
+// feed is a Store's reader of the change feed. Its methods are safe for
+// concurrent use.
+type feed struct {
+	db           *sqlx.DB
+	log          *slog.Logger
+	maxStaleness time.Duration
+	interval     time.Duration
+
+	gen     atomic.Uint64 // generation of the last poll applied; 0 before the first
+	flushed atomic.Uint64 // entries of an earlier generation are void
+	fresh   atomic.Int64  // when the last poll applied was sent, Unix ns
+	tried   atomic.Int64  // when the last poll was started, Unix ns
+	polling atomic.Bool
+	slots   [feedSlots]atomic.Uint64 // generation of the last change per slot
+
+	noSyncWait atomic.Bool // the server has no wsrep_sync_wait (MySQL)
+
+	// The poller's own state: one poll runs at a time.
+	cursor position
+	primed bool // cursor holds a position
+
+	mu      sync.Mutex // guards history
+	history []generation
+
+	polls, pollErrors, flushes atomic.Int64
+}
+
+// generation is the position a poll applied.
+type generation struct {
+	gen uint64
+	pos position
+}
+
+func newFeed(db *sqlx.DB, log *slog.Logger, maxStaleness time.Duration) *feed {
+	return &feed{db: db, log: log, maxStaleness: maxStaleness, interval: maxStaleness / 4}
+}
+
+// slotOf returns the slot of a change's name.
+func slotOf(ref string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(ref))
+	return h.Sum32() % feedSlots
+}
+
+// age returns how long ago the last poll applied was sent, at now; the
+// longest possible while no poll has been applied.
+func (f *feed) age(now time.Time) time.Duration {
+	fresh := f.fresh.Load()
+	if fresh == 0 {
+		return 1<<63 - 1
+	}
+	return time.Duration(now.UnixNano() - fresh)
+}
+
+// usable reports whether answers from memory may be given at now, and
+// starts a poll when one is due.
+func (f *feed) usable(now time.Time) bool {
+	f.pollIfDue(now)
+	return f.age(now) < f.maxStaleness
+}
+
+// current reports whether an entry of generation gen that carries slots
+// has seen every change applied since: no flush and no change of its
+// slots after gen.
+func (f *feed) current(gen uint64, slots []uint32) bool {
+	if gen < f.flushed.Load() {
+		return false
+	}
+	for _, s := range slots {
+		if f.slots[s].Load() > gen {
+			return false
+		}
+	}
+	return true
+}
+
+// generationOf returns the generation of the newest poll applied whose
+// position p includes, and false when p includes none of those remembered
+// (a read older than them: its answer may be too stale).
+func (f *feed) generationOf(p *position) (uint64, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := len(f.history) - 1; i >= 0; i-- {
+		if p.includes(&f.history[i].pos) {
+			return f.history[i].gen, true
+		}
+	}
+	return 0, false
+}
+
+// pollIfDue starts a poll in the background unless one is running or the
+// last started less than an interval before now.
+func (f *feed) pollIfDue(now time.Time) {
+	if now.UnixNano()-f.tried.Load() < int64(f.interval) || !f.polling.CompareAndSwap(false, true) {
+		return
+	}
+	f.tried.Store(now.UnixNano())
+	go func() {
+		defer f.polling.Store(false)
+		f.polls.Add(1)
+		if err := f.poll(); err != nil {
+			f.pollErrors.Add(1)
+			f.log.Warn("keystore: change feed poll failed; verifications read the database once it is older than the bound",
+				"err", err, "bound", f.maxStaleness)
+		}
+	}()
+}
+
+// poll reads the changes past the cursor (the shards' numbers, the first
+// time) and applies them, bounded by maxStaleness: a later answer would be
+// of no use.
+func (f *feed) poll() error {
+	ctx, cancel := context.WithTimeout(context.Background(), f.maxStaleness)
+	defer cancel()
+	err := f.pollOnce(ctx)
+	if err != nil && f.noteSyncWait(err) {
+		err = f.pollOnce(ctx) // without the prefix the server refused
+	}
+	if err != nil {
+		return fmt.Errorf("keystore: change feed: %w", err)
+	}
+	return nil
+}
+
+// pollOnce is one try of poll.
+func (f *feed) pollOnce(ctx context.Context) error {
+	sent := time.Now()
+	if !f.primed {
+		var rows []struct {
+			Shard int   `db:"shard"`
+			Seq   int64 `db:"seq"`
+		}
+		if err := f.db.SelectContext(ctx, &rows, f.syncWait()+`SELECT shard, seq FROM keystore_change_shards`); err != nil {
+			return err
+		}
+		if len(rows) != feedShards {
+			return fmt.Errorf("%d shards, want %d (run Migrate)", len(rows), feedShards)
+		}
+		for _, r := range rows {
+			f.cursor[r.Shard] = r.Seq
+		}
+		f.primed = true
+		f.apply(nil, true, sent)
+		return nil
+	}
+	var where strings.Builder
+	args := make([]any, 0, 2*feedShards)
+	for shard, seq := range f.cursor {
+		if shard > 0 {
+			where.WriteString(" OR ")
+		}
+		where.WriteString("(shard = ? AND seq > ?)")
+		args = append(args, shard, seq)
+	}
+	var rows []change
+	err := f.db.SelectContext(ctx, &rows, f.syncWait()+`SELECT shard, seq, refs FROM keystore_changes WHERE `+
+		where.String()+` ORDER BY shard, seq`, args...)
+	if err != nil {
+		return err
+	}
+	f.apply(rows, false, sent)
+	return nil
+}
+
+// change is a row of keystore_changes.
+type change struct {
+	Shard int    `db:"shard"`
+	Seq   int64  `db:"seq"`
+	Refs  []byte `db:"refs"`
+}
+
+// apply applies a poll sent at sent that read rows (ordered by shard and
+// number), voiding every entry when flush is set or the rows skip a
+// number: the ring was overwritten past the cursor, and what changed in
+// between is unknown.
+func (f *feed) apply(rows []change, flush bool, sent time.Time) {
+	gen := f.gen.Load() + 1
+	var names []string
+	for _, r := range rows {
+		if r.Seq != f.cursor[r.Shard]+1 {
+			flush = true
+		}
+		f.cursor[r.Shard] = max(f.cursor[r.Shard], r.Seq)
+		var refs []string
+		if json.Unmarshal(r.Refs, &refs) != nil {
+			flush = true
+		}
+		names = append(names, refs...)
+	}
+	if flush {
+		f.flushes.Add(1)
+		raise(&f.flushed, gen)
+	} else {
+		for _, n := range names {
+			raise(&f.slots[slotOf(n)], gen)
+		}
+	}
+	f.mu.Lock()
+	if len(f.history) == feedHistory {
+		f.history = append(f.history[:0], f.history[1:]...)
+	}
+	f.history = append(f.history, generation{gen: gen, pos: f.cursor})
+	f.mu.Unlock()
+	f.gen.Store(gen)
+	f.fresh.Store(sent.UnixNano())
+}
+
+// syncWait returns the prefix that makes a Galera node apply what the
+// cluster committed before it reads; "" on a server without it.
+func (f *feed) syncWait() string {
+	if f.noSyncWait.Load() {
+		return ""
+	}
+	return "SET STATEMENT wsrep_sync_wait = 1 FOR "
+}
+
+// noteSyncWait reports whether err is the server refusing the prefix of
+// syncWait for the first time (MySQL has neither SET STATEMENT nor
+// wsrep_sync_wait), and remembers it.
+func (f *feed) noteSyncWait(err error) bool {
+	n, ok := serverErrorNumber(err)
+	if !ok || n != errParse && n != errUnknownSystemVariable || f.noSyncWait.Load() {
+		return false
+	}
+	f.noSyncWait.Store(true)
+	return true
+}
+
+// changedHere voids at once what a transaction of this Store changed
+// (refs), so that the Store's own answers reflect its own changes when
+// the call returns, before a poll brings them: its entries count as out of
+// date until a read that includes the next poll.
+func (f *feed) changedHere(refs []string) {
+	gen := f.gen.Load() + 1
+	for _, r := range refs {
+		raise(&f.slots[slotOf(r)], gen)
+	}
+}
+
+// raise sets v to gen unless it holds a later generation already: a slot
+// never goes back, whoever races to set it.
+func raise(v *atomic.Uint64, gen uint64) {
+	for {
+		old := v.Load()
+		if old >= gen || v.CompareAndSwap(old, gen) {
+			return
+		}
+	}
+}
