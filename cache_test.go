@@ -11,6 +11,7 @@ import (
 
 	"github.com/idsafe/keystore"
 	"github.com/idsafe/keystore/keystoretest"
+	"github.com/jmoiron/sqlx"
 )
 
 // cacheBound is the staleness bound the cache tests give their Stores.
@@ -233,5 +234,120 @@ func TestVerifyCacheFailsSafe(t *testing.T) {
 		}
 		verify()
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestChangeFeedFollowsCommitOrder commits changes in another order than
+// the one they took their places in the feed, which a reader that polls by
+// an auto-increment id gets wrong: it moves past a row that is not
+// committed yet and never reads it. Three transactions disable a key each,
+// writing the feed as the Store does (its statements, last before COMMIT):
+// a and b on connections of one shard, c on another. a writes first and
+// stays open; b, of a's shard, waits for a (its shard's next number is
+// taken only after a commits); c commits, and the caching Store sees it
+// while a is open. Then a commits, then b, and the caching Store sees
+// both within the bound.
+func TestChangeFeedFollowsCommitOrder(t *testing.T) {
+	ctx := context.Background()
+	dsn := keystoretest.DSN(t)
+	writer, db := storeOn(t, dsn, 0)
+	reader, _ := storeOn(t, dsn, 4, keystore.WithVerifyCache(1000, cacheBound))
+	var keys [3]keystore.CreatedKey
+	for i := range keys {
+		var err error
+		if keys[i], err = writer.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// awaitCodes checks that the reader answers want for each key once
+	// the bound has passed since from, and that it answered from memory.
+	awaitCodes := func(from time.Time, want [3]keystore.VerificationCode) {
+		t.Helper()
+		for {
+			bounded := time.Since(from) >= cacheBound
+			var got [3]keystore.VerificationCode
+			for i, k := range keys {
+				v, err := reader.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: k.Key})
+				if err != nil {
+					t.Fatal(err)
+				}
+				got[i] = v.Code
+			}
+			if got == want {
+				return
+			}
+			if bounded {
+				t.Fatalf("once the bound has passed, the reader answers %v, want %v", got, want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	awaitCodes(time.Now(), [3]keystore.VerificationCode{keystore.CodeValid, keystore.CodeValid, keystore.CodeValid})
+	hits := reader.VerifyCacheStats().Hits
+
+	// Connections a and b of one shard, c of another.
+	var a, b, c *sqlx.Conn
+	byShard := map[int]*sqlx.Conn{}
+	for a == nil || c == nil {
+		conn, err := db.Connx(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		var shard int
+		if err := conn.GetContext(ctx, &shard, `SELECT MOD(CONNECTION_ID(), ?)`, keystore.FeedShards); err != nil {
+			t.Fatal(err)
+		}
+		if first, seen := byShard[shard]; !seen {
+			byShard[shard] = conn
+		} else if a == nil {
+			a, b = first, conn
+		}
+		for _, other := range byShard {
+			if a != nil && other != a {
+				c = other
+			}
+		}
+	}
+	disable := func(conn *sqlx.Conn, key keystore.CreatedKey) *sqlx.Tx {
+		t.Helper()
+		tx, err := conn.BeginTxx(ctx, nil)
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE keystore_keys SET enabled = 0 WHERE id = ?`, key.KeyID); err != nil {
+			t.Error(err)
+		}
+		queries, args := keystore.FeedStatements(key.KeyID)
+		for i, q := range queries {
+			if _, err := tx.ExecContext(ctx, q, args[i]...); err != nil {
+				t.Error(err)
+			}
+		}
+		return tx
+	}
+	txA := disable(a, keys[0])
+	bWrote := make(chan *sqlx.Tx)
+	go func() { bWrote <- disable(b, keys[1]) }()
+	select {
+	case <-bWrote:
+		t.Fatal("b wrote the feed while a, of the same shard, was open")
+	case <-time.After(cacheBound):
+	}
+	if err := disable(c, keys[2]).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	awaitCodes(time.Now(), [3]keystore.VerificationCode{keystore.CodeValid, keystore.CodeValid, keystore.CodeDisabled})
+	if err := txA.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	committedA := time.Now()
+	if err := (<-bWrote).Commit(); err != nil {
+		t.Fatal(err)
+	}
+	awaitCodes(committedA, [3]keystore.VerificationCode{keystore.CodeDisabled, keystore.CodeDisabled, keystore.CodeDisabled})
+	if reader.VerifyCacheStats().Hits == hits {
+		t.Error("the reader never answered from memory")
 	}
 }

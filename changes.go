@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"hash/fnv"
 	"slices"
 
 	"github.com/jmoiron/sqlx"
@@ -64,19 +63,21 @@ func (p *pending) changed(refs ...string) {
 
 // changeStatements returns the statements that write p's changes to the
 // feed, none when it changed nothing. They go last, just before COMMIT.
-// LAST_INSERT_ID(expr) carries the shard's new number from the UPDATE to
-// the INSERT on the same connection, without a read.
+// The shard is the connection's (its server thread id modulo the shards),
+// so that transactions of different connections seldom wait for each
+// other's commit; LAST_INSERT_ID(expr) carries the shard's new number from
+// the UPDATE to the INSERT on the same connection, without a read.
 func (p *pending) changeStatements() []statement {
 	if p == nil || len(p.changes) == 0 {
 		return nil
 	}
 	b, _ := json.Marshal(p.changes) // strings always encode
 	refs := string(b)
-	shard := feedShard(p.changes[0])
 	return []statement{
-		{`UPDATE keystore_change_shards SET seq = LAST_INSERT_ID(seq + 1) WHERE shard = ?`, []any{shard}},
-		{`INSERT INTO keystore_changes (shard, slot, seq, refs) VALUES (?, MOD(LAST_INSERT_ID(), ?), LAST_INSERT_ID(), ?)
-			ON DUPLICATE KEY UPDATE seq = LAST_INSERT_ID(), refs = ?`, []any{shard, feedRing, refs, refs}},
+		{`UPDATE keystore_change_shards SET seq = LAST_INSERT_ID(seq + 1) WHERE shard = MOD(CONNECTION_ID(), ?)`, []any{feedShards}},
+		{`INSERT INTO keystore_changes (shard, slot, seq, refs)
+			VALUES (MOD(CONNECTION_ID(), ?), MOD(LAST_INSERT_ID(), ?), LAST_INSERT_ID(), ?)
+			ON DUPLICATE KEY UPDATE seq = LAST_INSERT_ID(), refs = ?`, []any{feedShards, feedRing, refs, refs}},
 	}
 }
 
@@ -90,10 +91,3 @@ func writeChanges(ctx context.Context, tx *sqlx.Tx, p *pending) error {
 	return nil
 }
 
-// feedShard is the shard of a transaction whose first change is ref: the
-// same for every change of one key, which wait for each other anyway.
-func feedShard(ref string) int {
-	h := fnv.New32a()
-	h.Write([]byte(ref))
-	return int(h.Sum32() % feedShards)
-}

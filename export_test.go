@@ -32,3 +32,17 @@ var (
 	RequireRowWritten = requireRowWritten.query
 	IsNoRowWritten    = isNoRowWritten
 )
+
+// FeedStatements returns the statements (queries and their arguments)
+// with which a transaction that changed the key keyID writes the change
+// feed, last before its COMMIT.
+func FeedStatements(keyID string) (queries []string, args [][]any) {
+	p := &pending{changes: []string{keyRef(keyID)}}
+	for _, st := range p.changeStatements() {
+		queries, args = append(queries, st.query), append(args, st.args)
+	}
+	return queries, args
+}
+
+// FeedShards is the number of shards of the change feed.
+const FeedShards = feedShards

@@ -10,8 +10,9 @@
 -- one has committed (or rolled back and been taken again). So the numbers
 -- of a shard become visible in order and without gaps, which an
 -- auto-increment id does not (ids are taken at INSERT and become visible
--- at COMMIT, in any order). 32 shards keep writers that commit at once
--- from waiting for each other; the number is also feed.go's feedShards.
+-- at COMMIT, in any order). A transaction writes to the shard of its
+-- connection (CONNECTION_ID() modulo 32), so writers that commit at once
+-- seldom wait for each other; 32 is also feed.go's feedShards.
 CREATE TABLE IF NOT EXISTS keystore_change_shards (
   shard SMALLINT NOT NULL,
   seq   BIGINT NOT NULL,
