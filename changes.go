@@ -90,4 +90,3 @@ func writeChanges(ctx context.Context, tx *sqlx.Tx, p *pending) error {
 	}
 	return nil
 }
-
