@@ -26,12 +26,15 @@ import (
 //	                  auto-applied ratelimit that never denies: its token
 //	                  transaction more (the target is 0.8x of
 //	                  verify-unlimited)
+//	verify-cached     verify-unlimited on a Store WithVerifyCache (bound
+//	                  1 s), warmed: answered from memory, with a poll of
+//	                  the change feed every quarter second
 //
 // at concurrency 1 and 16, and verify-credits on one hot key from 64
 // goroutines. Metrics as in BenchmarkCreateKey.
 func BenchmarkVerifyKey(b *testing.B) {
 	for _, c := range []int{1, 16, 64} {
-		for _, shape := range rotated([]string{"verify-unlimited", "verify-credits", "verify-ratelimit", "bare-select-row", "bare-select-id"}) {
+		for _, shape := range rotated([]string{"verify-unlimited", "verify-credits", "verify-ratelimit", "verify-cached", "bare-select-row", "bare-select-id"}) {
 			if c == 64 && shape != "verify-credits" {
 				continue
 			}
@@ -42,7 +45,11 @@ func BenchmarkVerifyKey(b *testing.B) {
 
 func benchVerify(b *testing.B, workers int, shape string) {
 	ctx := context.Background()
-	store, db := newStore(b)
+	var opts []keystore.Option
+	if shape == "verify-cached" {
+		opts = append(opts, keystore.WithVerifyCache(10_000, time.Second))
+	}
+	store, db := newStore(b, opts...)
 	createRole(b, db, benchWorkspace, "reader")
 	req := keystore.CreateKeyRequest{WorkspaceID: benchWorkspace, KeySpaceID: benchKeySpace, ExternalID: "owner",
 		Permissions: []string{"read"}, Roles: []string{"reader"},
@@ -66,6 +73,12 @@ func benchVerify(b *testing.B, workers int, shape string) {
 		return err
 	}
 	switch shape {
+	case "verify-cached":
+		for store.VerifyCacheStats().Hits == 0 {
+			if err := op(); err != nil {
+				b.Fatal(err)
+			}
+		}
 	case "bare-select-id":
 		op = func() error {
 			var id string
