@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,7 +29,10 @@ import (
 // reads the database as it does without a cache: it fails safe, never
 // stale. Keys unknown to the database are remembered too (one database
 // read per unknown key and bound, not per verification); importing a key
-// forgets them.
+// forgets them. A flood of distinct made-up keys is read at most 1,000 a
+// second; past that VerifyKey returns ErrTooManyUnknownKeys for keys the
+// Store neither holds nor knows to exist (known.go), and answers every
+// other key as before.
 //
 // Credits stay exact: a key with credits is looked up in memory, but its
 // credits are spent by the conditional UPDATE on the primary as ever, and
@@ -53,7 +57,11 @@ type VerifyCacheStats struct {
 	Keys     int // keys in memory, unknown ones included
 	// FeedAge is how long ago the last poll of the change feed that was
 	// applied was sent: answers from memory are at most this stale.
-	FeedAge    time.Duration
+	FeedAge time.Duration
+	// Declined counts verifications that returned ErrTooManyUnknownKeys:
+	// keys neither held nor known, past the second's budget of reads.
+	Declined   int64
+	KnownKeys  int   // hashes of keys known to exist (known.go)
 	Polls      int64 // polls of the change feed sent
 	PollErrors int64 // polls that failed
 	Flushes    int64 // times every key in memory was dropped (the Store fell too far behind the feed)
@@ -68,7 +76,7 @@ func (s *Store) VerifyCacheStats() VerifyCacheStats {
 	}
 	st := VerifyCacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), FailSafe: c.failSafe.Load(),
 		FeedAge: c.feed.age(time.Now()), Polls: c.feed.polls.Load(), PollErrors: c.feed.pollErrors.Load(),
-		Flushes: c.feed.flushes.Load()}
+		Flushes: c.feed.flushes.Load(), Declined: c.known.declined.Load(), KnownKeys: c.known.size()}
 	for i := range c.shards {
 		sh := &c.shards[i]
 		sh.mu.RLock()
@@ -88,6 +96,7 @@ const cacheLoadTimeout = 10 * time.Second
 // verifyCache is a Store's keys in memory, by hash of their plaintext.
 type verifyCache struct {
 	feed     *feed
+	known    *knownKeys
 	perShard int
 	shards   [cacheShards]cacheShard
 	loads    singleflight.Group
@@ -111,7 +120,7 @@ type cacheEntry struct {
 }
 
 func newVerifyCache(db *sqlx.DB, log *slog.Logger, maxKeys int, maxStaleness time.Duration) *verifyCache {
-	c := &verifyCache{feed: newFeed(db, log, maxStaleness), perShard: max(1, (maxKeys+cacheShards-1)/cacheShards)}
+	c := &verifyCache{feed: newFeed(db, log, maxStaleness), known: newKnownKeys(db, log), perShard: max(1, (maxKeys+cacheShards-1)/cacheShards)}
 	for i := range c.shards {
 		c.shards[i].m = map[string]*cacheEntry{}
 	}
@@ -133,7 +142,9 @@ func (c *verifyCache) get(hash string, now time.Time) *cacheEntry {
 }
 
 // put keeps e under hash if it is current, evicting an arbitrary key of
-// the same shard when the shard is full (Go's map order is random).
+// the same shard when the shard is full (Go's map order is random). An
+// unknown key evicts nothing: a flood of made-up keys must not push out
+// the keys in use.
 func (c *verifyCache) put(hash string, e *cacheEntry) {
 	if !c.feed.current(e.gen, e.slots) {
 		return
@@ -142,6 +153,9 @@ func (c *verifyCache) put(hash string, e *cacheEntry) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if _, ok := sh.m[hash]; !ok && len(sh.m) >= c.perShard {
+		if !e.found {
+			return
+		}
 		for k := range sh.m {
 			delete(sh.m, k)
 			break
@@ -159,6 +173,14 @@ func (c *verifyCache) forget(hash string) {
 	sh.mu.Unlock()
 }
 
+// createdHere records a key the Store created (or rerolled to hash) as
+// known, so that a flood of made-up keys never keeps it from being read.
+func (s *Store) createdHere(hash []byte) {
+	if s.cache != nil {
+		s.cache.known.add(hash)
+	}
+}
+
 // changedHere voids the cache's entries of what p's transaction changed,
 // as tx and execOneTrip return (committed or not: voiding is always safe).
 func (s *Store) changedHere(p *pending) {
@@ -172,6 +194,7 @@ func (s *Store) changedHere(p *pending) {
 // sql.ErrNoRows for no key, and whether the row came from memory.
 func (s *Store) cachedKey(ctx context.Context, req VerifyKeyRequest, hash []byte, cost int64, now time.Time) (verifyRow, bool, error) {
 	c := s.cache
+	c.known.readIfDue(now)
 	if !c.feed.usable(now) {
 		c.failSafe.Add(1)
 		row, err := s.readKey(ctx, req, hash, cost, now)
@@ -187,6 +210,9 @@ func (s *Store) cachedKey(ctx context.Context, req VerifyKeyRequest, hash []byte
 	}
 	c.misses.Add(1)
 	ch := c.loads.DoChan(key, func() (any, error) {
+		if !c.known.mayRead(hash, now) {
+			return nil, ErrTooManyUnknownKeys
+		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cacheLoadTimeout)
 		defer cancel()
 		return s.loadKey(ctx, hash, now)
@@ -217,11 +243,7 @@ func (s *Store) loadKey(ctx context.Context, hash []byte, now time.Time) (*cache
 	var fromReplica bool
 	read := func(ctx context.Context, db *sqlx.DB) (err error) {
 		fromReplica = db != s.db
-		e, pos, err = scanCachedKey(db.QueryRowContext(ctx, selectCachedVerify, hash))
-		if err == nil && !e.found {
-			// The first read's position, the earlier: both reads include it.
-			e, _, err = scanCachedKey(db.QueryRowContext(ctx, selectCachedVerifyByOldHash, hash, utc(now)))
-		}
+		e, pos, err = loadRow(ctx, db, hash, now)
 		if err == nil && !e.found {
 			err = sql.ErrNoRows // which s.read asks the primary about
 		}
@@ -244,6 +266,9 @@ func (s *Store) loadKey(ctx context.Context, hash []byte, now time.Time) (*cache
 	if known {
 		c.put(string(hash), e)
 	}
+	if e.found {
+		c.known.add(hash)
+	}
 	return e, nil
 }
 
@@ -260,35 +285,56 @@ func (e *cacheEntry) dependsOn() []uint32 {
 	return slots
 }
 
-// The loading reads of a cache: one row always, the key's columns NULL
-// when there is none, with the feed position of the read's snapshot (one
-// statement: one snapshot) and, through an old hash, its grace end.
-const (
-	selectCachedVerify = `SELECT ` + feedPosition + `, NULL, ` + verifyColumns + `
-		FROM (SELECT 1 AS one) one LEFT JOIN keystore_keys k ON k.hash = ?`
-	selectCachedVerifyByOldHash = `SELECT ` + feedPosition + `, o.expires_at, ` + verifyColumns + `
-		FROM (SELECT 1 AS one) one LEFT JOIN (keystore_old_hashes o JOIN keystore_keys k ON k.id = o.key_id)
-		ON o.hash = ? AND o.expires_at > ?`
-)
-
-// scanCachedKey reads a row of the loading reads.
-func scanCachedKey(row interface{ Scan(...any) error }) (*cacheEntry, position, error) {
-	e := &cacheEntry{}
-	var feed string
-	var id, workspaceID, keySpaceID sql.NullString
-	var enabled sql.NullBool
-	var until dbTime
-	if err := row.Scan(append([]any{&feed, &until}, e.row.dest(&id, &workspaceID, &keySpaceID, &enabled)...)...); err != nil {
+// loadRow reads the key of hash, by its hash or an old hash still in its
+// grace at now, in one statement: the feed position of the statement's
+// snapshot comes with every row, and a row of NULLs brings it when there
+// is no key.
+func loadRow(ctx context.Context, db *sqlx.DB, hash []byte, now time.Time) (*cacheEntry, position, error) {
+	rows, err := db.QueryContext(ctx, selectCachedVerify, hash, hash, utc(now))
+	if err != nil {
 		return nil, position{}, err
 	}
-	e.row.WorkspaceID, e.row.KeySpaceID, e.row.Enabled = workspaceID.String, keySpaceID.String, enabled.Bool
-	pos, ok := parsePosition(feed)
-	if !ok {
-		return nil, pos, errors.New("keystore: change feed: unreadable position (run Migrate)")
+	defer rows.Close()
+	var found *cacheEntry
+	var pos position
+	n := 0
+	for ; rows.Next(); n++ {
+		e := &cacheEntry{}
+		var feed string
+		var id, workspaceID, keySpaceID sql.NullString
+		var enabled sql.NullBool
+		var until dbTime
+		if err := rows.Scan(append([]any{&feed, &until}, e.row.dest(&id, &workspaceID, &keySpaceID, &enabled)...)...); err != nil {
+			return nil, pos, err
+		}
+		var ok bool
+		if pos, ok = parsePosition(feed); !ok {
+			return nil, pos, errors.New("keystore: change feed: unreadable position (run Migrate)")
+		}
+		if id.Valid && found == nil {
+			e.row.ID, e.row.WorkspaceID, e.row.KeySpaceID, e.row.Enabled = id.String, workspaceID.String, keySpaceID.String, enabled.Bool
+			e.found, e.until = true, until.Time
+			found = e
+		}
 	}
-	e.row.ID, e.found, e.until = id.String, id.Valid, until.Time
-	return e, pos, nil
+	if err := rows.Err(); err != nil {
+		return nil, pos, err
+	}
+	if n == 0 {
+		return nil, pos, errors.New("keystore: verify key: the lookup returned no row")
+	}
+	if found == nil {
+		found = &cacheEntry{}
+	}
+	return found, pos, nil
 }
+
+// selectCachedVerify is loadRow's statement: the key by its hash, by an
+// old hash, and a row of NULLs (the order of the rows is not relied on).
+var selectCachedVerify = `SELECT ` + feedPosition + `, NULL, ` + verifyColumns + ` FROM keystore_keys k WHERE k.hash = ?
+	UNION ALL SELECT ` + feedPosition + `, o.expires_at, ` + verifyColumns + `
+		FROM keystore_old_hashes o JOIN keystore_keys k ON k.id = o.key_id WHERE o.hash = ? AND o.expires_at > ?
+	UNION ALL SELECT ` + feedPosition + `, NULL` + strings.Repeat(", NULL", len((&verifyRow{}).dest(nil, nil, nil, nil)))
 
 // clone returns a copy of r that shares nothing a caller could modify
 // with r.

@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -349,5 +352,88 @@ func TestChangeFeedFollowsCommitOrder(t *testing.T) {
 	awaitCodes(committedA, [3]keystore.VerificationCode{keystore.CodeDisabled, keystore.CodeDisabled, keystore.CodeDisabled})
 	if reader.VerifyCacheStats().Hits == hits {
 		t.Error("the reader never answered from memory")
+	}
+}
+
+// TestVerifyCacheUnknownKeyFlood: 8 goroutines verify distinct made-up
+// keys for two seconds on a caching Store, while known keys that it has
+// not cached yet are verified too. The made-up keys cost at most the
+// budget of database reads a second, the rest are declined with
+// ErrTooManyUnknownKeys, and every known key verifies.
+func TestVerifyCacheUnknownKeyFlood(t *testing.T) {
+	ctx := context.Background()
+	dsn := keystoretest.DSN(t)
+	writer, _ := storeOn(t, dsn, 4)
+	s, db := storeOn(t, dsn, 1, keystore.WithVerifyCache(10_000, time.Second))
+	var known []keystore.CreatedKey
+	for range 50 {
+		k, err := writer.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		known = append(known, k)
+	}
+	// The first verification starts the read of the known keys.
+	if _, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: "made-up"}); err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); s.VerifyCacheStats().KnownKeys < len(known); time.Sleep(time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("the known keys were not read: %+v", s.VerifyCacheStats())
+		}
+	}
+	const flood = 2 * time.Second
+	var madeUp, declined, other atomic.Int64
+	var knownErrors []error
+	var mu sync.Mutex
+	floodStart := time.Now()
+	reads := statements(t, db, func() {
+		var wg sync.WaitGroup
+		for g := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					if i%1000 == 0 && time.Since(floodStart) > flood {
+						return
+					}
+					_, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: fmt.Sprintf("guess_%d_%d", g, i)})
+					madeUp.Add(1)
+					switch {
+					case errors.Is(err, keystore.ErrTooManyUnknownKeys):
+						declined.Add(1)
+					case err != nil:
+						other.Add(1)
+					}
+				}
+			}()
+		}
+		for _, k := range known {
+			v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: k.Key})
+			if err == nil && v.Code != keystore.CodeValid {
+				err = fmt.Errorf("code %s", v.Code)
+			}
+			if err != nil {
+				mu.Lock()
+				knownErrors = append(knownErrors, err)
+				mu.Unlock()
+			}
+			time.Sleep(flood / time.Duration(2*len(known)))
+		}
+		wg.Wait()
+	})
+	st := s.VerifyCacheStats()
+	t.Logf("%d made-up keys verified in %v: %d database statements (%.4f a key), %d declined; %+v",
+		madeUp.Load(), flood, reads, float64(reads)/float64(madeUp.Load()), declined.Load(), st)
+	for _, err := range knownErrors {
+		t.Errorf("a known key during the flood: %v", err)
+	}
+	if other.Load() > 0 {
+		t.Errorf("%d made-up keys failed with another error", other.Load())
+	}
+	// At most the budget for each second the flood touched, the known
+	// keys' reads and a few polls.
+	if max := int64(3*1000 + len(known) + 20); int64(reads) > max || declined.Load() == 0 {
+		t.Errorf("%d statements for %d made-up keys (%d declined), want at most %d", reads, madeUp.Load(), declined.Load(), max)
 	}
 }

@@ -22,6 +22,12 @@ var (
 	// keystore promises (autocommit off, or a DSN that names no database);
 	// nothing was written. The message names the setting and the fix.
 	ErrUnsupportedSetting = errors.New("keystore: unsupported connection setting")
+	// ErrTooManyUnknownKeys: VerifyKey did not look the key up, because
+	// the Store's verification cache neither holds nor knows it, and the
+	// Store has read as many such keys this second as it will (a flood of
+	// made-up keys). Nothing was read; retrying a second later may
+	// succeed. Only Stores made WithVerifyCache return it.
+	ErrTooManyUnknownKeys = errors.New("keystore: too many unknown keys this second")
 )
 
 // ValidationError names the request field that failed validation and why.

@@ -106,6 +106,7 @@ func (s *Store) importKeys(ctx context.Context, reqs []ImportKeyRequest, fieldFo
 		return nil, err
 	}
 	for _, k := range keys {
+		s.createdHere(k.hash)
 		if k.req.ExternalID != "" {
 			s.hints.add(k.req.WorkspaceID, k.req.ExternalID, k.identity.ID)
 		}

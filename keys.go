@@ -86,6 +86,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 		}
 		if done {
 			s.hints.add(req.WorkspaceID, req.ExternalID, identityID)
+			s.createdHere(hash)
 			return CreatedKey{KeyID: keyID, Key: plaintext, IdentityID: identityID}, nil
 		}
 	}
@@ -134,6 +135,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 		return CreatedKey{}, withKeyID(err, keyID)
 	}
 	s.hints.add(req.WorkspaceID, req.ExternalID, identityID)
+	s.createdHere(hash)
 	return CreatedKey{KeyID: keyID, Key: plaintext, IdentityID: identityID}, nil
 }
 
@@ -674,6 +676,7 @@ func (s *Store) RerollKey(ctx context.Context, req RerollKeyRequest) (CreatedKey
 		return CreatedKey{}, err
 	}
 	now := s.clock()
+	var rerolled []byte // the new hash
 	created, err := tx(ctx, s, func(ctx context.Context, tx *sqlx.Tx) (CreatedKey, error) {
 		var old struct {
 			Start      string         `db:"start"`
@@ -705,8 +708,12 @@ func (s *Store) RerollKey(ctx context.Context, req RerollKeyRequest) (CreatedKey
 		}
 		err = s.writeTrail(ctx, tx, now, req.WorkspaceID,
 			audit{event: EventKeyReroll, keyID: req.KeyID, identityID: old.IdentityID.String})
+		rerolled = hash
 		return CreatedKey{KeyID: req.KeyID, Key: plaintext, IdentityID: old.IdentityID.String}, err
 	})
+	if err == nil {
+		s.createdHere(rerolled)
+	}
 	return created, withKeyID(err, req.KeyID)
 }
 
