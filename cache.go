@@ -77,12 +77,7 @@ func (s *Store) VerifyCacheStats() VerifyCacheStats {
 	st := VerifyCacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), FailSafe: c.failSafe.Load(),
 		FeedAge: c.feed.age(time.Now()), Polls: c.feed.polls.Load(), PollErrors: c.feed.pollErrors.Load(),
 		Flushes: c.feed.flushes.Load(), Declined: c.known.declined.Load(), KnownKeys: c.known.size()}
-	for i := range c.shards {
-		sh := &c.shards[i]
-		sh.mu.RLock()
-		st.Keys += len(sh.m)
-		sh.mu.RUnlock()
-	}
+	st.Keys = int(c.size.Load())
 	return st
 }
 
@@ -95,11 +90,12 @@ const cacheLoadTimeout = 10 * time.Second
 
 // verifyCache is a Store's keys in memory, by hash of their plaintext.
 type verifyCache struct {
-	feed     *feed
-	known    *knownKeys
-	perShard int
-	shards   [cacheShards]cacheShard
-	loads    singleflight.Group
+	feed    *feed
+	known   *knownKeys
+	maxKeys int
+	size    atomic.Int64 // keys held
+	shards  [cacheShards]cacheShard
+	loads   singleflight.Group
 
 	hits, misses, failSafe atomic.Int64
 }
@@ -120,7 +116,7 @@ type cacheEntry struct {
 }
 
 func newVerifyCache(db *sqlx.DB, log *slog.Logger, maxKeys int, maxStaleness time.Duration) *verifyCache {
-	c := &verifyCache{feed: newFeed(db, log, maxStaleness), known: newKnownKeys(db, log), perShard: max(1, (maxKeys+cacheShards-1)/cacheShards)}
+	c := &verifyCache{feed: newFeed(db, log, maxStaleness), known: newKnownKeys(db, log), maxKeys: maxKeys}
 	for i := range c.shards {
 		c.shards[i].m = map[string]*cacheEntry{}
 	}
@@ -141,10 +137,10 @@ func (c *verifyCache) get(hash string, now time.Time) *cacheEntry {
 	return e
 }
 
-// put keeps e under hash if it is current, evicting an arbitrary key of
-// the same shard when the shard is full (Go's map order is random). An
-// unknown key evicts nothing: a flood of made-up keys must not push out
-// the keys in use.
+// put keeps e under hash if it is current. A new key when the cache holds
+// maxKeys evicts an arbitrary key of its shard (Go's map order is random),
+// or is not kept when that shard is empty. An unknown key evicts nothing:
+// a flood of made-up keys must not push out the keys in use.
 func (c *verifyCache) put(hash string, e *cacheEntry) {
 	if !c.feed.current(e.gen, e.slots) {
 		return
@@ -152,13 +148,17 @@ func (c *verifyCache) put(hash string, e *cacheEntry) {
 	sh := c.shard(hash)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if _, ok := sh.m[hash]; !ok && len(sh.m) >= c.perShard {
-		if !e.found {
-			return
-		}
-		for k := range sh.m {
-			delete(sh.m, k)
-			break
+	if _, ok := sh.m[hash]; !ok {
+		if c.size.Load() >= int64(c.maxKeys) {
+			if !e.found || len(sh.m) == 0 {
+				return
+			}
+			for k := range sh.m {
+				delete(sh.m, k)
+				break
+			}
+		} else {
+			c.size.Add(1)
 		}
 	}
 	sh.m[hash] = e
@@ -169,7 +169,10 @@ func (c *verifyCache) put(hash string, e *cacheEntry) {
 func (c *verifyCache) forget(hash string) {
 	sh := c.shard(hash)
 	sh.mu.Lock()
-	delete(sh.m, hash)
+	if _, ok := sh.m[hash]; ok {
+		delete(sh.m, hash)
+		c.size.Add(-1)
+	}
 	sh.mu.Unlock()
 }
 

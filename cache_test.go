@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -435,5 +436,69 @@ func TestVerifyCacheUnknownKeyFlood(t *testing.T) {
 	// keys' reads and a few polls.
 	if max := int64(3*1000 + len(known) + 20); int64(reads) > max || declined.Load() == 0 {
 		t.Errorf("%d statements for %d made-up keys (%d declined), want at most %d", reads, madeUp.Load(), declined.Load(), max)
+	}
+}
+
+// TestVerifyCacheHoldsAtMostMaxKeys verifies 3,000 keys (each with an
+// owner, two permissions, a role and a ratelimit, as in the benchmarks) on
+// a Store that caches at most 1,000: it never holds more, and it reports
+// what a cached key costs in memory.
+func TestVerifyCacheHoldsAtMostMaxKeys(t *testing.T) {
+	if short() {
+		t.Skip("imports 3,000 keys")
+	}
+	ctx := context.Background()
+	dsn := keystoretest.DSN(t)
+	writer, db := storeOn(t, dsn, 4)
+	s, _ := storeOn(t, dsn, 4, keystore.WithVerifyCache(1000, time.Minute))
+	createRole(t, db, "ws", "reader", "read")
+	var plaintexts []string
+	for batch := range 3 {
+		var reqs []keystore.ImportKeyRequest
+		for i := range 1000 {
+			p := fmt.Sprintf("sk_%d_%d_0123456789abcdef", batch, i)
+			sum := sha256.Sum256([]byte(p))
+			plaintexts = append(plaintexts, p)
+			reqs = append(reqs, keystore.ImportKeyRequest{Hash: hex.EncodeToString(sum[:]), CreateKeyRequest: keystore.CreateKeyRequest{
+				WorkspaceID: "ws", KeySpaceID: "ks", ExternalID: fmt.Sprintf("owner%d", i%100),
+				Permissions: []string{"read", "write"}, Roles: []string{"reader"}, Meta: map[string]any{"plan": "pro"},
+				Ratelimits: []keystore.Ratelimit{{Name: "rps", Limit: 10, Duration: time.Second}}}})
+		}
+		if _, err := writer.ImportKeys(ctx, reqs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for s.VerifyCacheStats().FeedAge > time.Minute {
+		if _, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: plaintexts[0]}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before, held := heap(), s.VerifyCacheStats().Keys
+	for i, p := range plaintexts[:1000] {
+		v, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: p})
+		if err != nil || v.Code != keystore.CodeValid {
+			t.Fatalf("key %d: %v %v", i, v.Code, err)
+		}
+	}
+	after := heap()
+	added := s.VerifyCacheStats().Keys - held
+	t.Logf("%d keys cached: %d bytes of heap a key", added, int64(after-before)/int64(max(added, 1)))
+	for _, p := range plaintexts[1000:] {
+		if _, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: p}); err != nil {
+			t.Fatal(err)
+		}
+		if n := s.VerifyCacheStats().Keys; n > 1000 {
+			t.Fatalf("the cache holds %d keys, more than its maxKeys 1,000", n)
+		}
+	}
+	if st := s.VerifyCacheStats(); st.Keys != 1000 || st.Hits+st.Misses < 3000 {
+		t.Errorf("after 3,000 keys: %+v, want 1,000 held", st)
 	}
 }
