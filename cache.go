@@ -197,8 +197,11 @@ func (s *Store) changedHere(p *pending) {
 // sql.ErrNoRows for no key, and whether the row came from memory.
 func (s *Store) cachedKey(ctx context.Context, req VerifyKeyRequest, hash []byte, cost int64, now time.Time) (verifyRow, bool, error) {
 	c := s.cache
-	c.known.readIfDue(now)
-	if !c.feed.usable(now) {
+	// Freshness is a matter of real time, whatever the Store's clock says
+	// (WithClock); now (the Store's clock) judges the keys themselves.
+	wall := time.Now()
+	c.known.readIfDue(wall)
+	if !c.feed.usable(wall) {
 		c.failSafe.Add(1)
 		row, err := s.readKey(ctx, req, hash, cost, now)
 		return row, false, err
@@ -213,7 +216,7 @@ func (s *Store) cachedKey(ctx context.Context, req VerifyKeyRequest, hash []byte
 	}
 	c.misses.Add(1)
 	ch := c.loads.DoChan(key, func() (any, error) {
-		if !c.known.mayRead(hash, now) {
+		if !c.known.mayRead(hash, wall) {
 			return nil, ErrTooManyUnknownKeys
 		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cacheLoadTimeout)

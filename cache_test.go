@@ -287,7 +287,12 @@ func TestChangeFeedFollowsCommitOrder(t *testing.T) {
 		}
 	}
 	awaitCodes(time.Now(), [3]keystore.VerificationCode{keystore.CodeValid, keystore.CodeValid, keystore.CodeValid})
-	hits := reader.VerifyCacheStats().Hits
+	for start := time.Now(); reader.VerifyCacheStats().Hits < 3; time.Sleep(time.Millisecond) {
+		if time.Since(start) > 10*cacheBound {
+			t.Fatalf("the reader does not answer from memory: %+v", reader.VerifyCacheStats())
+		}
+		awaitCodes(time.Now(), [3]keystore.VerificationCode{keystore.CodeValid, keystore.CodeValid, keystore.CodeValid})
+	}
 
 	// Connections a and b of one shard, c of another.
 	var a, b, c *sqlx.Conn
@@ -351,9 +356,6 @@ func TestChangeFeedFollowsCommitOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	awaitCodes(committedA, [3]keystore.VerificationCode{keystore.CodeDisabled, keystore.CodeDisabled, keystore.CodeDisabled})
-	if reader.VerifyCacheStats().Hits == hits {
-		t.Error("the reader never answered from memory")
-	}
 }
 
 // TestVerifyCacheUnknownKeyFlood: 8 goroutines verify distinct made-up
@@ -432,9 +434,10 @@ func TestVerifyCacheUnknownKeyFlood(t *testing.T) {
 	if other.Load() > 0 {
 		t.Errorf("%d made-up keys failed with another error", other.Load())
 	}
-	// At most the budget for each second the flood touched, the known
-	// keys' reads and a few polls.
-	if max := int64(3*1000 + len(known) + 20); int64(reads) > max || declined.Load() == 0 {
+	// At most the budget for each second the flood touched (and a few
+	// calls that raced the turn of a second), the known keys' reads and
+	// the polls.
+	if max := int64(3*1000 + len(known) + 50); int64(reads) > max || declined.Load() == 0 {
 		t.Errorf("%d statements for %d made-up keys (%d declined), want at most %d", reads, madeUp.Load(), declined.Load(), max)
 	}
 }

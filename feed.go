@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -105,6 +106,11 @@ type feed struct {
 	slots   [feedSlots]atomic.Uint64 // generation of the last change per slot
 
 	noSyncWait atomic.Bool // the server has no wsrep_sync_wait (MySQL)
+
+	// Slots of the Store's own changes, held at mine until a poll sent
+	// after the change is applied (changedHere).
+	mineMu sync.Mutex
+	mine   []ownChange
 
 	// The poller's own state: one poll runs at a time.
 	cursor position
@@ -286,6 +292,7 @@ func (f *feed) apply(rows []change, flush bool, sent time.Time) {
 			raise(&f.slots[slotOf(n)], gen)
 		}
 	}
+	f.settleMine(sent, gen)
 	f.mu.Lock()
 	if len(f.history) == feedHistory {
 		f.history = append(f.history[:0], f.history[1:]...)
@@ -319,13 +326,51 @@ func (f *feed) noteSyncWait(err error) bool {
 
 // changedHere voids at once what a transaction of this Store changed
 // (refs), so that the Store's own answers reflect its own changes when
-// the call returns, before a poll brings them: its entries count as out of
-// date until a read that includes the next poll.
+// the call returns, before a poll brings them. Their slots hold mine, a
+// generation no entry reaches, until a poll sent after the change is
+// applied: an entry read before that poll may lack the change (a replica
+// lags), one read after it cannot.
 func (f *feed) changedHere(refs []string) {
-	gen := f.gen.Load() + 1
+	at := time.Now().UnixNano()
+	f.mineMu.Lock()
+	defer f.mineMu.Unlock()
 	for _, r := range refs {
-		raise(&f.slots[slotOf(r)], gen)
+		s := slotOf(r)
+		f.slots[s].Store(mine)
+		f.mine = append(f.mine, ownChange{slot: s, at: at})
 	}
+}
+
+// mine is the generation of a slot of the Store's own change that no poll
+// has covered yet.
+const mine = math.MaxUint64
+
+// ownChange is a slot of the Store's own change, made at at (Unix ns).
+type ownChange struct {
+	slot uint32
+	at   int64
+}
+
+// settleMine gives the slots of the Store's own changes made before a
+// poll sent at sent the poll's generation gen, unless a later change of
+// the Store still holds the slot.
+func (f *feed) settleMine(sent time.Time, gen uint64) {
+	f.mineMu.Lock()
+	defer f.mineMu.Unlock()
+	held := map[uint32]bool{}
+	var left []ownChange
+	for _, c := range f.mine {
+		if c.at >= sent.UnixNano() {
+			held[c.slot] = true
+			left = append(left, c)
+		}
+	}
+	for _, c := range f.mine {
+		if c.at < sent.UnixNano() && !held[c.slot] {
+			f.slots[c.slot].CompareAndSwap(mine, gen)
+		}
+	}
+	f.mine = left
 }
 
 // raise sets v to gen unless it holds a later generation already: a slot

@@ -103,7 +103,8 @@ func TestGaleraVerifyCacheSeesEveryNode(t *testing.T) {
 // through another Store: the caching Store answers DISABLED within the
 // bound although the replica still has the key enabled (the replica's row
 // is older than the change the Store has seen, so it reads the primary),
-// and then answers it from memory again.
+// and then answers it from memory again. The Store's own changes are in
+// its answers at once.
 func TestLaggingReplicaVerifyCache(t *testing.T) {
 	const bound = 500 * time.Millisecond
 	ctx := context.Background()
@@ -149,4 +150,18 @@ func TestLaggingReplicaVerifyCache(t *testing.T) {
 		}
 	}
 	t.Logf("the change was seen after %v with the replica lagging; %+v", seen.Round(time.Millisecond), env.store.VerifyCacheStats())
+
+	// The caching Store's own change is in its answers at once, although
+	// the replica it would read the key from lacks it.
+	for n := range 20 {
+		if _, err := env.store.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws", KeyID: key.KeyID,
+			Meta: keystore.Set(map[string]any{"n": n})}); err != nil {
+			t.Fatal(err)
+		}
+		v, err := env.store.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: key.Key})
+		if err != nil || fmt.Sprint(v.Meta["n"]) != fmt.Sprint(n) {
+			t.Fatalf("right after the Store's own change %d: meta %v, %v", n, v.Meta, err)
+		}
+		time.Sleep(bound / 10)
+	}
 }
