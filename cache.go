@@ -26,8 +26,7 @@ import (
 // not cover rows changed by hand in SQL. When the Store cannot confirm
 // that it has seen every change committed until maxStaleness ago (the
 // database is unreachable or slow, the feed's table locked), VerifyKey
-// reads the database as it does without a cache: it fails safe, never
-// stale. Keys unknown to the database are remembered too (one database
+// reads the primary: it fails safe, never stale. Keys unknown to the database are remembered too (one database
 // read per unknown key and bound, not per verification); importing a key
 // forgets them. A flood of distinct made-up keys is read at most 1,000 a
 // second; past that VerifyKey returns ErrTooManyUnknownKeys for keys the
@@ -40,8 +39,9 @@ import (
 // unchanged (their leases are in memory already). Concurrent misses of one
 // key share one database read. Misses read through [WithReplica] with its
 // fallbacks; a replica row older than a change the Store has seen is read
-// again from the primary. [Store.VerifyCacheStats] tells what the cache
-// did.
+// again from the primary. A Store's own changes are in its answers when
+// the call that made them returns, and [ContextWithPrimaryRead] bypasses
+// memory. [Store.VerifyCacheStats] tells what the cache did.
 func WithVerifyCache(maxKeys int, maxStaleness time.Duration) Option {
 	return func(s *Store) { s.cacheKeys, s.cacheStaleness = maxKeys, maxStaleness }
 }
@@ -75,7 +75,7 @@ func (s *Store) VerifyCacheStats() VerifyCacheStats {
 		return VerifyCacheStats{}
 	}
 	st := VerifyCacheStats{Hits: c.hits.Load(), Misses: c.misses.Load(), FailSafe: c.failSafe.Load(),
-		FeedAge: c.feed.age(time.Now()), Polls: c.feed.polls.Load(), PollErrors: c.feed.pollErrors.Load(),
+		FeedAge: c.feed.age(), Polls: c.feed.polls.Load(), PollErrors: c.feed.pollErrors.Load(),
 		Flushes: c.feed.flushes.Load(), Declined: c.known.declined.Load(), KnownKeys: c.known.size()}
 	st.Keys = int(c.size.Load())
 	return st
@@ -108,11 +108,12 @@ type cacheShard struct {
 // cacheEntry is a key as a read found it: never modified once in the
 // cache, and copied before use.
 type cacheEntry struct {
-	row   verifyRow
-	found bool      // false: no key has this hash
-	until time.Time // found by a rerolled key's old hash: its grace end
-	gen   uint64    // the feed generation the read included
-	slots []uint32  // the feed slots of what the answer depends on
+	row    verifyRow
+	found  bool      // false: no key has this hash
+	until  time.Time // found by a rerolled key's old hash: its grace end (by the Store's clock)
+	loaded int64     // when it was read (mono)
+	gen    uint64    // the feed generation the read included
+	slots  []uint32  // the feed slots of what the answer depends on
 }
 
 func newVerifyCache(db *sqlx.DB, log *slog.Logger, maxKeys int, maxStaleness time.Duration) *verifyCache {
@@ -125,13 +126,15 @@ func newVerifyCache(db *sqlx.DB, log *slog.Logger, maxKeys int, maxStaleness tim
 
 func (c *verifyCache) shard(hash string) *cacheShard { return &c.shards[hash[0]%cacheShards] }
 
-// get returns the current entry of hash at now, or nil.
-func (c *verifyCache) get(hash string, now time.Time) *cacheEntry {
+// get returns the current entry of hash, or nil. An entry of no key
+// lasts at most the bound: a key created since (which the feed does not
+// carry) may have been missing only from a lagging read.
+func (c *verifyCache) get(hash string) *cacheEntry {
 	sh := c.shard(hash)
 	sh.mu.RLock()
 	e := sh.m[hash]
 	sh.mu.RUnlock()
-	if e == nil || !c.feed.current(e.gen, e.slots) || !e.until.IsZero() && !now.Before(e.until) {
+	if e == nil || !c.feed.current(e.gen, e.slots) || !e.found && mono()-e.loaded >= int64(c.feed.maxStaleness) {
 		return nil
 	}
 	return e
@@ -148,20 +151,30 @@ func (c *verifyCache) put(hash string, e *cacheEntry) {
 	sh := c.shard(hash)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if _, ok := sh.m[hash]; !ok {
-		if c.size.Load() >= int64(c.maxKeys) {
-			if !e.found || len(sh.m) == 0 {
-				return
-			}
-			for k := range sh.m {
-				delete(sh.m, k)
-				break
-			}
-		} else {
-			c.size.Add(1)
+	if _, ok := sh.m[hash]; !ok && !c.reserve() {
+		// Full: take the place of an arbitrary key of the shard.
+		if !e.found || len(sh.m) == 0 {
+			return
+		}
+		for k := range sh.m {
+			delete(sh.m, k)
+			break
 		}
 	}
 	sh.m[hash] = e
+}
+
+// reserve counts one more key unless the cache holds maxKeys.
+func (c *verifyCache) reserve() bool {
+	for {
+		n := c.size.Load()
+		if n >= int64(c.maxKeys) {
+			return false
+		}
+		if c.size.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // forget drops hash, whose entry proved out of date (a credit balance
@@ -197,17 +210,19 @@ func (s *Store) changedHere(p *pending) {
 // sql.ErrNoRows for no key, and whether the row came from memory.
 func (s *Store) cachedKey(ctx context.Context, req VerifyKeyRequest, hash []byte, cost int64, now time.Time) (verifyRow, bool, error) {
 	c := s.cache
-	// Freshness is a matter of real time, whatever the Store's clock says
-	// (WithClock); now (the Store's clock) judges the keys themselves.
-	wall := time.Now()
-	c.known.readIfDue(wall)
-	if !c.feed.usable(wall) {
-		c.failSafe.Add(1)
+	c.known.readIfDue()
+	if ctx.Value(primaryReadKey{}) != nil { // the caller wants the primary's answer (ContextWithPrimaryRead)
 		row, err := s.readKey(ctx, req, hash, cost, now)
 		return row, false, err
 	}
+	if !c.feed.usable() {
+		// Fail safe, and on the primary: a replica's lag has no bound.
+		c.failSafe.Add(1)
+		row, err := s.readKey(ContextWithPrimaryRead(ctx), req, hash, cost, now)
+		return row, false, err
+	}
 	key := string(hash)
-	if e := c.get(key, now); e != nil && !(req.NoSpend && e.row.Remaining.Valid) {
+	if e := c.get(key); e != nil && !(req.NoSpend && e.row.Remaining.Valid) && (e.until.IsZero() || now.Before(e.until)) {
 		c.hits.Add(1)
 		if !e.found {
 			return verifyRow{}, true, sql.ErrNoRows
@@ -215,41 +230,57 @@ func (s *Store) cachedKey(ctx context.Context, req VerifyKeyRequest, hash []byte
 		return e.row.clone(), true, nil
 	}
 	c.misses.Add(1)
-	ch := c.loads.DoChan(key, func() (any, error) {
-		if !c.known.mayRead(hash, wall) {
+	load := func() (*cacheEntry, error) {
+		if !c.known.mayRead(hash) {
 			return nil, ErrTooManyUnknownKeys
 		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cacheLoadTimeout)
 		defer cancel()
 		return s.loadKey(ctx, hash, now)
+	}
+	var led bool // this call's load ran, not another's that it joined
+	ch := c.loads.DoChan(key, func() (any, error) {
+		led = true
+		return load()
 	})
+	var e *cacheEntry
 	select {
 	case r := <-ch:
 		if r.Err != nil {
 			return verifyRow{}, false, r.Err
 		}
-		e := r.Val.(*cacheEntry)
-		if !e.found {
-			return verifyRow{}, false, sql.ErrNoRows
-		}
-		return e.row.clone(), false, nil
+		e = r.Val.(*cacheEntry)
 	case <-ctx.Done():
 		return verifyRow{}, false, ctx.Err()
 	}
+	if !led && !c.feed.current(e.gen, e.slots) {
+		// The load this call joined read before a change the Store has
+		// seen since (its own, say): read afresh.
+		var err error
+		if e, err = load(); err != nil {
+			return verifyRow{}, false, err
+		}
+	}
+	if !e.found {
+		return verifyRow{}, false, sql.ErrNoRows
+	}
+	return e.row.clone(), false, nil
 }
 
 // loadKey reads the key of hash with the feed position its read
 // included, and keeps it in the cache when that position is known and no
-// change since touched it. A replica's row that is not known to be that
-// recent is read again from the primary.
+// change since touched it. A row not known to be that recent (read from a
+// replica, or from a Galera node that had not applied a change its poll
+// has seen) is read again from the primary, waiting on Galera for the
+// node to apply what the cluster committed. Its generation is 0 when it
+// is not known.
 func (s *Store) loadKey(ctx context.Context, hash []byte, now time.Time) (*cacheEntry, error) {
 	c := s.cache
 	var e *cacheEntry
 	var pos position // the feed position the read included
-	var fromReplica bool
+	prefix := ""
 	read := func(ctx context.Context, db *sqlx.DB) (err error) {
-		fromReplica = db != s.db
-		e, pos, err = loadRow(ctx, db, hash, now)
+		e, pos, err = loadRow(ctx, db, prefix, hash, now)
 		if err == nil && !e.found {
 			err = sql.ErrNoRows // which s.read asks the primary about
 		}
@@ -260,21 +291,28 @@ func (s *Store) loadKey(ctx context.Context, hash []byte, now time.Time) (*cache
 		return nil, err
 	}
 	e.slots = e.dependsOn()
-	var known bool
-	e.gen, known = c.feed.generationOf(&pos)
-	if fromReplica && (!known || !c.feed.current(e.gen, e.slots)) {
-		if err := s.readPrimary(ctx, read); err != nil && !errors.Is(err, sql.ErrNoRows) {
+	gen, known := c.feed.generationOf(&pos)
+	if !known || !c.feed.current(gen, e.slots) {
+		prefix = c.feed.syncWait()
+		err := s.readPrimary(ctx, read)
+		if prefix != "" && c.feed.noteSyncWait(err) {
+			prefix = ""
+			err = s.readPrimary(ctx, read)
+		}
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return nil, err
 		}
 		e.slots = e.dependsOn()
-		e.gen, known = c.feed.generationOf(&pos)
+		gen, known = c.feed.generationOf(&pos)
 	}
 	if known {
+		e.gen = gen
 		c.put(string(hash), e)
 	}
 	if e.found {
 		c.known.add(hash)
 	}
+	e.loaded = mono()
 	return e, nil
 }
 
@@ -292,11 +330,11 @@ func (e *cacheEntry) dependsOn() []uint32 {
 }
 
 // loadRow reads the key of hash, by its hash or an old hash still in its
-// grace at now, in one statement: the feed position of the statement's
+// grace at now, in one statement (after prefix, syncWait's or ""): the feed position of the statement's
 // snapshot comes with every row, and a row of NULLs brings it when there
 // is no key.
-func loadRow(ctx context.Context, db *sqlx.DB, hash []byte, now time.Time) (*cacheEntry, position, error) {
-	rows, err := db.QueryContext(ctx, selectCachedVerify, hash, hash, utc(now))
+func loadRow(ctx context.Context, db *sqlx.DB, prefix string, hash []byte, now time.Time) (*cacheEntry, position, error) {
+	rows, err := db.QueryContext(ctx, prefix+selectCachedVerify, hash, hash, utc(now))
 	if err != nil {
 		return nil, position{}, err
 	}

@@ -505,3 +505,108 @@ func TestVerifyCacheHoldsAtMostMaxKeys(t *testing.T) {
 		t.Errorf("after 3,000 keys: %+v, want 1,000 held", st)
 	}
 }
+
+// TestVerifyCacheKeepsCreditsAndRatelimitsExact: three Stores, two of them
+// caching, verify one key of 100 credits 1,000 times at once, and another
+// key with a limit of 100 an hour 400 times: exactly 100 of each are valid
+// and the balance ends at 0. Memory gives the lookup; the spend and the
+// tokens still come from the database.
+func TestVerifyCacheKeepsCreditsAndRatelimitsExact(t *testing.T) {
+	ctx := context.Background()
+	dsn := keystoretest.DSN(t)
+	plain, db := storeOn(t, dsn, 16)
+	stores := []*keystore.Store{plain}
+	for range 2 {
+		s, _ := storeOn(t, dsn, 16, keystore.WithVerifyCache(1000, cacheBound))
+		stores = append(stores, s)
+	}
+	paid, err := plain.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+		Credits: &keystore.Credits{Remaining: 100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited, err := plain.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks",
+		Ratelimits: []keystore.Ratelimit{{Name: "hour", Limit: 100, Duration: time.Hour, AutoApply: true}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both keys in the caches first, read with NoSpend (which spends and
+	// takes nothing).
+	for _, s := range stores[1:] {
+		for start := time.Now(); s.VerifyCacheStats().Hits == 0; time.Sleep(time.Millisecond) {
+			if _, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: limited.Key, NoSpend: true}); err != nil {
+				t.Fatal(err)
+			}
+			if time.Since(start) > 10*cacheBound {
+				t.Fatalf("no answer from memory: %+v", s.VerifyCacheStats())
+			}
+		}
+	}
+	var valid, exceeded atomic.Int64
+	sem := make(chan struct{}, 64)
+	failOnErrors(t, parallel(1000, func(i int) error {
+		sem <- struct{}{}
+		defer func() { <-sem }()
+		v, err := stores[i%3].VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: paid.Key})
+		switch {
+		case err != nil:
+			return err
+		case v.Valid:
+			valid.Add(1)
+		case v.Code == keystore.CodeUsageExceeded:
+			exceeded.Add(1)
+		default:
+			return errors.New("unexpected code " + string(v.Code))
+		}
+		return nil
+	}))
+	if left := count(t, db, `SELECT remaining FROM keystore_keys WHERE id = ?`, paid.KeyID); valid.Load() != 100 || exceeded.Load() != 900 || left != 0 {
+		t.Errorf("credits: %d valid, %d exceeded, %d left; want 100, 900, 0", valid.Load(), exceeded.Load(), left)
+	}
+	if ok, limitedCalls := verifyAll(t, stores, 400, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: limited.Key}); ok != 100 || limitedCalls != 300 {
+		t.Errorf("ratelimit: %d valid, %d rate limited of 400 on a limit of 100", ok, limitedCalls)
+	}
+	var hits int64
+	for _, s := range stores[1:] {
+		hits += s.VerifyCacheStats().Hits
+	}
+	if hits < 100 {
+		t.Errorf("only %d answers from memory", hits)
+	}
+}
+
+// TestVerifyCacheStatementsPerInterval: however many verifications a
+// caching Store answers, it sends at most one statement per poll interval
+// (a quarter of the bound) to stay fresh, besides the set of known keys it
+// reads at start.
+func TestVerifyCacheStatementsPerInterval(t *testing.T) {
+	const bound = 200 * time.Millisecond
+	ctx := context.Background()
+	s, db := storeOn(t, keystoretest.DSN(t), 1, keystore.WithVerifyCache(1000, bound))
+	key, err := s.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify := func() {
+		if _, err := s.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: key.Key}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for start := time.Now(); s.VerifyCacheStats().Hits == 0 || s.VerifyCacheStats().KnownKeys == 0; time.Sleep(time.Millisecond) {
+		verify()
+		if time.Since(start) > 10*bound {
+			t.Fatalf("no answer from memory: %+v", s.VerifyCacheStats())
+		}
+	}
+	const span = time.Second
+	calls := 0
+	n := statements(t, db, func() {
+		for start := time.Now(); time.Since(start) < span; calls++ {
+			verify()
+		}
+	})
+	t.Logf("%d verifications in %v: %d statements", calls, span, n)
+	if max := int(span/(bound/4)) + 1; n > max || calls < 10*max {
+		t.Errorf("%d statements for %d verifications in %v, want at most %d", n, calls, span, max)
+	}
+}

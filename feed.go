@@ -100,8 +100,8 @@ type feed struct {
 
 	gen     atomic.Uint64 // generation of the last poll applied; 0 before the first
 	flushed atomic.Uint64 // entries of an earlier generation are void
-	fresh   atomic.Int64  // when the last poll applied was sent, Unix ns
-	tried   atomic.Int64  // when the last poll was started, Unix ns
+	fresh   atomic.Int64  // when the last poll applied was sent (mono); 0 before the first
+	tried   atomic.Int64  // when the last poll was started (mono)
 	polling atomic.Bool
 	slots   [feedSlots]atomic.Uint64 // generation of the last change per slot
 
@@ -139,21 +139,28 @@ func slotOf(ref string) uint32 {
 	return h.Sum32() % feedSlots
 }
 
-// age returns how long ago the last poll applied was sent, at now; the
-// longest possible while no poll has been applied.
-func (f *feed) age(now time.Time) time.Duration {
+// mono returns the time since clockStart by Go's monotonic clock, which
+// a step of the wall clock (NTP, a VM resumed) does not move: freshness
+// measured by the wall clock would stretch the bound by the step.
+func mono() int64 { return int64(time.Since(clockStart)) + 1 } // never 0: 0 means "never"
+
+var clockStart = time.Now()
+
+// age returns how long ago the last poll applied was sent; the longest
+// possible while no poll has been applied.
+func (f *feed) age() time.Duration {
 	fresh := f.fresh.Load()
 	if fresh == 0 {
 		return 1<<63 - 1
 	}
-	return time.Duration(now.UnixNano() - fresh)
+	return time.Duration(mono() - fresh)
 }
 
-// usable reports whether answers from memory may be given at now, and
-// starts a poll when one is due.
-func (f *feed) usable(now time.Time) bool {
-	f.pollIfDue(now)
-	return f.age(now) < f.maxStaleness
+// usable reports whether answers from memory may be given now, and starts
+// a poll when one is due.
+func (f *feed) usable() bool {
+	f.pollIfDue()
+	return f.age() < f.maxStaleness
 }
 
 // current reports whether an entry of generation gen that carries slots
@@ -186,12 +193,13 @@ func (f *feed) generationOf(p *position) (uint64, bool) {
 }
 
 // pollIfDue starts a poll in the background unless one is running or the
-// last started less than an interval before now.
-func (f *feed) pollIfDue(now time.Time) {
-	if now.UnixNano()-f.tried.Load() < int64(f.interval) || !f.polling.CompareAndSwap(false, true) {
+// last started less than an interval ago.
+func (f *feed) pollIfDue() {
+	now := mono()
+	if tried := f.tried.Load(); tried != 0 && now-tried < int64(f.interval) || !f.polling.CompareAndSwap(false, true) {
 		return
 	}
-	f.tried.Store(now.UnixNano())
+	f.tried.Store(now)
 	go func() {
 		defer f.polling.Store(false)
 		f.polls.Add(1)
@@ -221,7 +229,7 @@ func (f *feed) poll() error {
 
 // pollOnce is one try of poll.
 func (f *feed) pollOnce(ctx context.Context) error {
-	sent := time.Now()
+	sent := mono()
 	if !f.primed {
 		var rows []struct {
 			Shard int   `db:"shard"`
@@ -270,7 +278,7 @@ type change struct {
 // number), voiding every entry when flush is set or the rows skip a
 // number: the ring was overwritten past the cursor, and what changed in
 // between is unknown.
-func (f *feed) apply(rows []change, flush bool, sent time.Time) {
+func (f *feed) apply(rows []change, flush bool, sent int64) {
 	gen := f.gen.Load() + 1
 	var names []string
 	for _, r := range rows {
@@ -300,7 +308,7 @@ func (f *feed) apply(rows []change, flush bool, sent time.Time) {
 	f.history = append(f.history, generation{gen: gen, pos: f.cursor})
 	f.mu.Unlock()
 	f.gen.Store(gen)
-	f.fresh.Store(sent.UnixNano())
+	f.fresh.Store(sent)
 }
 
 // syncWait returns the prefix that makes a Galera node apply what the
@@ -331,9 +339,14 @@ func (f *feed) noteSyncWait(err error) bool {
 // applied: an entry read before that poll may lack the change (a replica
 // lags), one read after it cannot.
 func (f *feed) changedHere(refs []string) {
-	at := time.Now().UnixNano()
+	at := mono()
 	f.mineMu.Lock()
 	defer f.mineMu.Unlock()
+	if len(f.mine)+len(refs) > maxMine {
+		// A Store that changes much and polls seldom (it verifies
+		// little): its oldest own changes fall back to the bound.
+		f.settleMineLocked(at, f.gen.Load()+1)
+	}
 	for _, r := range refs {
 		s := slotOf(r)
 		f.slots[s].Store(mine)
@@ -341,32 +354,39 @@ func (f *feed) changedHere(refs []string) {
 	}
 }
 
+// maxMine bounds the own changes a Store remembers between polls.
+const maxMine = 4096
+
 // mine is the generation of a slot of the Store's own change that no poll
 // has covered yet.
 const mine = math.MaxUint64
 
-// ownChange is a slot of the Store's own change, made at at (Unix ns).
+// ownChange is a slot of the Store's own change, made at at.
 type ownChange struct {
 	slot uint32
-	at   int64
+	at   int64 // mono
 }
 
 // settleMine gives the slots of the Store's own changes made before a
-// poll sent at sent the poll's generation gen, unless a later change of
-// the Store still holds the slot.
-func (f *feed) settleMine(sent time.Time, gen uint64) {
+// poll sent at sent (mono) the poll's generation gen, unless a later
+// change of the Store still holds the slot.
+func (f *feed) settleMine(sent int64, gen uint64) {
 	f.mineMu.Lock()
 	defer f.mineMu.Unlock()
+	f.settleMineLocked(sent, gen)
+}
+
+func (f *feed) settleMineLocked(sent int64, gen uint64) {
 	held := map[uint32]bool{}
 	var left []ownChange
 	for _, c := range f.mine {
-		if c.at >= sent.UnixNano() {
+		if c.at >= sent {
 			held[c.slot] = true
 			left = append(left, c)
 		}
 	}
 	for _, c := range f.mine {
-		if c.at < sent.UnixNano() && !held[c.slot] {
+		if c.at < sent && !held[c.slot] {
 			f.slots[c.slot].CompareAndSwap(mine, gen)
 		}
 	}

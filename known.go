@@ -26,12 +26,14 @@ import (
 // The set is a hint, never an answer: a key it does not know is read
 // like any other while the budget lasts, and never answered NOT_FOUND
 // from it, so it needs no staleness bound. It is read in full when the
-// cache starts and every fullReadEvery, and between those the keys
-// created since the last read are added (their ids begin with their
-// creation time) every knownReadEvery; the Store adds the keys it creates
-// and every key a read found. A key created by another process since the
-// last read (or rerolled: its new hash) can meet the error under a flood
-// until the next read; without a flood it is read and known at once.
+// cache starts and every fullReadEvery, and between those every
+// knownReadEvery it adds the keys created since the last read (their ids
+// begin with their creation time) and those rerolled with a grace period
+// still running; the Store adds the keys it creates and every key a read
+// found. So under a flood, a key created by another process can meet the
+// error until the next read (a minute), one rerolled there without grace
+// until the next full read; without a flood it is read and known at once.
+// Until the first full read has completed, no budget applies.
 
 const (
 	unknownReadsPerSecond = 1000
@@ -51,7 +53,7 @@ type knownKeys struct {
 	ready  atomic.Bool         // a full read has completed
 
 	reading          atomic.Bool
-	nextRead         atomic.Int64 // Unix ns
+	nextRead         atomic.Int64 // mono
 	lastFull, lastAt time.Time    // of the reader: one read at a time
 
 	second     atomic.Int64 // the Unix second the budget counts
@@ -92,11 +94,11 @@ func (k *knownKeys) add(hash []byte) {
 // mayRead reports whether a key of hash may be read from the database at
 // now: a key the set knows always, any other key while the second's
 // budget lasts.
-func (k *knownKeys) mayRead(hash []byte, now time.Time) bool {
+func (k *knownKeys) mayRead(hash []byte) bool {
 	if !k.ready.Load() || k.has(hash) {
 		return true
 	}
-	if sec := now.Unix(); k.second.Load() != sec {
+	if sec := mono() / int64(time.Second); k.second.Load() != sec {
 		k.second.Store(sec)
 		k.spent.Store(0)
 	}
@@ -109,8 +111,8 @@ func (k *knownKeys) mayRead(hash []byte, now time.Time) bool {
 
 // readIfDue starts a read of the set in the background when one is due
 // and none is running.
-func (k *knownKeys) readIfDue(now time.Time) {
-	if now.UnixNano() < k.nextRead.Load() || !k.reading.CompareAndSwap(false, true) {
+func (k *knownKeys) readIfDue() {
+	if mono() < k.nextRead.Load() || !k.reading.CompareAndSwap(false, true) {
 		return
 	}
 	go func() {
@@ -120,9 +122,9 @@ func (k *knownKeys) readIfDue(now time.Time) {
 		if err != nil {
 			k.readErrors.Add(1)
 			k.log.Warn("keystore: reading the hashes of known keys failed", "err", err)
-			next = time.Second
+			next = 10 * time.Second
 		}
-		k.nextRead.Store(time.Now().Add(next).UnixNano())
+		k.nextRead.Store(mono() + int64(next))
 	}()
 }
 
@@ -137,7 +139,10 @@ func (k *knownKeys) read() error {
 	query := `SELECT LEFT(hash, 8) FROM keystore_keys UNION ALL SELECT LEFT(hash, 8) FROM keystore_old_hashes`
 	var args []any
 	if !full {
-		query = `SELECT LEFT(hash, 8) FROM keystore_keys WHERE id >= ?`
+		// Keys created since (ids begin with their time), and keys
+		// rerolled within a grace period: their new hash.
+		query = `SELECT LEFT(hash, 8) FROM keystore_keys WHERE id >= ? UNION ALL
+			SELECT LEFT(k.hash, 8) FROM keystore_old_hashes o JOIN keystore_keys k ON k.id = o.key_id`
 		args = append(args, fmt.Sprintf("key_%012x", k.lastAt.Add(-time.Minute).UnixMilli()))
 	}
 	rows, err := k.db.QueryContext(ctx, query, args...)

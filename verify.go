@@ -95,7 +95,8 @@ const maxKeyBytes = 512
 // and two with credits; it never holds a transaction open. With a replica
 // (see [WithReplica]) the lookup reads the replica, falling back to the
 // primary when the key is not there yet; credits are always spent on the
-// primary.
+// primary. With [WithVerifyCache] the lookup comes from memory, within
+// that option's staleness bound.
 //
 // Credits never go below zero and are never spent twice: the UPDATE checks
 // and decrements in one statement, so of any number of concurrent
@@ -123,8 +124,9 @@ const maxKeyBytes = 512
 // read); ErrRetriesExhausted when the spend kept failing with retryable
 // errors or kept meeting changed credits; ErrAmbiguousCommit when the
 // spend's UPDATE was sent and its reply lost (the credit may have been
-// spent: it is never sent twice); otherwise a database error, and nothing
-// was spent.
+// spent: it is never sent twice); ErrTooManyUnknownKeys, with a cache,
+// for a key neither held nor known during a flood of made-up keys
+// (nothing read); otherwise a database error, and nothing was spent.
 func (s *Store) VerifyKey(ctx context.Context, req VerifyKeyRequest) (Verification, error) {
 	if err := req.validate(); err != nil {
 		return Verification{}, err
