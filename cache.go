@@ -305,14 +305,14 @@ func (s *Store) loadKey(ctx context.Context, hash []byte, now time.Time) (*cache
 		e.slots = e.dependsOn()
 		gen, known = c.feed.generationOf(&pos)
 	}
+	e.loaded = mono()
 	if known {
 		e.gen = gen
-		c.put(string(hash), e)
+		c.put(string(hash), e) // e is shared from here on: no more writes
 	}
 	if e.found {
 		c.known.add(hash)
 	}
-	e.loaded = mono()
 	return e, nil
 }
 

@@ -610,3 +610,46 @@ func TestVerifyCacheStatementsPerInterval(t *testing.T) {
 		t.Errorf("%d statements for %d verifications in %v, want at most %d", n, calls, span, max)
 	}
 }
+
+// TestVerifyCacheRerollGraceEnds: a key rerolled with a grace period by
+// another Store verifies by its old plaintext from memory during the
+// grace, and is NOT_FOUND once the grace has ended, by the clock alone:
+// nothing is written when a grace ends.
+func TestVerifyCacheRerollGraceEnds(t *testing.T) {
+	const grace = 3 * cacheBound
+	ctx := context.Background()
+	dsn := keystoretest.DSN(t)
+	writer, _ := storeOn(t, dsn, 4)
+	reader, _ := storeOn(t, dsn, 4, keystore.WithVerifyCache(1000, cacheBound))
+	key, err := writer.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rerolled := time.Now()
+	if _, err := writer.RerollKey(ctx, keystore.RerollKeyRequest{WorkspaceID: "ws", KeyID: key.KeyID, Grace: grace}); err != nil {
+		t.Fatal(err)
+	}
+	verify := func() keystore.VerificationCode {
+		v, err := reader.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks", Key: key.Key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.Code
+	}
+	hits := reader.VerifyCacheStats().Hits
+	for time.Since(rerolled) < grace-cacheBound/2 {
+		if code := verify(); code != keystore.CodeValid {
+			t.Fatalf("%v into a grace of %v: the old plaintext is %s", time.Since(rerolled), grace, code)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if reader.VerifyCacheStats().Hits == hits {
+		t.Fatal("no answer came from memory during the grace")
+	}
+	for time.Since(rerolled) < grace+50*time.Millisecond {
+		time.Sleep(time.Millisecond)
+	}
+	if code := verify(); code != keystore.CodeNotFound {
+		t.Errorf("after the grace the old plaintext is %s, want NOT_FOUND", code)
+	}
+}

@@ -81,12 +81,33 @@ func (p *pending) changeStatements() []statement {
 	}
 }
 
-// writeChanges runs p's change statements in tx.
-func writeChanges(ctx context.Context, tx *sqlx.Tx, p *pending) error {
-	for _, st := range p.changeStatements() {
-		if _, err := tx.ExecContext(ctx, st.query, st.args...); err != nil {
-			return fmt.Errorf("keystore: write change feed: %w", err)
+// writeChanges runs p's change statements in tx: on MariaDB in one
+// round trip, as an anonymous compound statement inside the transaction
+// (it neither begins nor commits one), elsewhere one by one.
+func (s *Store) writeChanges(ctx context.Context, tx *sqlx.Tx, p *pending) error {
+	stmts := p.changeStatements()
+	if len(stmts) == 0 {
+		return nil
+	}
+	if !s.noOneTrip.Load() {
+		query, args := "BEGIN NOT ATOMIC "+stmts[0].query+"; "+stmts[1].query+"; END", slices.Concat(stmts[0].args, stmts[1].args)
+		_, err := tx.ExecContext(ctx, query, args...)
+		if err == nil || !isParseError(err) && !isUnsupportedPrepare(err) {
+			return wrapChangeErr(err)
 		}
+		s.noOneTrip.Store(true) // a parse error runs nothing and leaves the transaction as it was
+	}
+	for _, st := range stmts {
+		if _, err := tx.ExecContext(ctx, st.query, st.args...); err != nil {
+			return wrapChangeErr(err)
+		}
+	}
+	return nil
+}
+
+func wrapChangeErr(err error) error {
+	if err != nil {
+		return fmt.Errorf("keystore: write change feed: %w", err)
 	}
 	return nil
 }

@@ -140,7 +140,7 @@ func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *s
 		v, err := runTx(withPending(ctx, p), s.db, cfg.txOptions, func(ctx context.Context, tx *sqlx.Tx) (T, error) {
 			v, err := fn(ctx, tx)
 			if err == nil {
-				err = writeChanges(ctx, tx, p)
+				err = s.writeChanges(ctx, tx, p)
 			}
 			return v, err
 		}, p.sentOn)
