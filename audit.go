@@ -69,18 +69,26 @@ type audit struct {
 }
 
 // trail returns the statements that record a mutation, written in the
-// mutation's own transaction whichever way it is sent (statement by
-// statement by writeTrail, or in one round trip by execOneTrip): the INSERT
-// of its audit events, or under WithoutAudit the INSERT of its receipt. The
-// first trail built for the pending receipt ctx carries gives it its id
-// (the first event's, or the receipt row's), and records in it what the
-// events changed for the change feed (changes.go). A row that every
-// mutation must write with its changes belongs here.
+// mutation's own transaction whichever way it is sent (by writeTrail, or
+// in one round trip by execOneTrip): the INSERT of its audit events, or
+// under WithoutAudit the INSERT of its receipt, then the change feed's
+// statements for what the events changed (changes.go). The first trail
+// built for the pending receipt ctx carries gives it its id (the first
+// event's, or the receipt row's), and records in it what changed. A row
+// that every mutation must write with its changes belongs here. A
+// mutation writes its trail after the last lock it takes.
 func (s *Store) trail(ctx context.Context, now time.Time, workspaceID string, events []audit) []statement {
 	p := pendingFrom(ctx)
+	var fresh []string
 	for _, e := range events {
-		p.changed(changedBy(workspaceID, e))
+		fresh = append(fresh, p.changed(changedBy(workspaceID, e))...)
 	}
+	return append(s.record(ctx, p, now, workspaceID, events), changeStatements(fresh)...)
+}
+
+// record returns the INSERT of the audit events, or under WithoutAudit of
+// the receipt.
+func (s *Store) record(ctx context.Context, p *pending, now time.Time, workspaceID string, events []audit) []statement {
 	if s.noAudit {
 		if id := p.claim("rcp"); id != "" {
 			return []statement{{`INSERT INTO keystore_receipts (id) VALUES (?)`, []any{id}}}
@@ -104,12 +112,11 @@ func (s *Store) trail(ctx context.Context, now time.Time, workspaceID string, ev
 		(id, workspace_id, actor, event, key_id, identity_id, role_id, created_at) VALUES ` + rows(len(events), 8), args}}
 }
 
-// writeTrail runs the trail of events in the caller's transaction.
+// writeTrail runs the trail of events in the caller's transaction, in one
+// round trip on MariaDB.
 func (s *Store) writeTrail(ctx context.Context, tx *sqlx.Tx, now time.Time, workspaceID string, events ...audit) error {
-	for _, st := range s.trail(ctx, now, workspaceID, events) {
-		if _, err := tx.ExecContext(ctx, st.query, st.args...); err != nil {
-			return fmt.Errorf("keystore: write audit event: %w", err)
-		}
+	if err := s.execAll(ctx, tx, s.trail(ctx, now, workspaceID, events)); err != nil {
+		return fmt.Errorf("keystore: write audit event: %w", err)
 	}
 	return nil
 }

@@ -3,8 +3,8 @@ package keystore
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/jmoiron/sqlx"
 )
@@ -13,18 +13,20 @@ import (
 // verification caches of every Store (feed.go reads it).
 //
 // A mutation that can change a verification's answer names what it
-// changed, and the last statements of its transaction write those names
-// to keystore_changes (migration 005): a key ("k:" and its id), an
-// identity, whose copies every key of it carries ("i:"), a workspace,
-// whose keys' permissions a role change rewrites ("w:"), or every key a
-// cache knows as unknown ("n:", for imports: an imported key's plaintext
-// may have been verified before it existed). Creations name nothing:
-// nobody can have verified a generated key before CreateKey returned it.
+// changed, and its trail (audit.go) writes those names to keystore_changes
+// (migration 005) with its audit event or receipt, in the same round trip
+// on MariaDB: a key ("k:" and its id), an identity, whose copies every key
+// of it carries ("i:"), a workspace, whose keys' permissions a role change
+// rewrites ("w:"), or every key a cache knows as unknown ("n:", for
+// imports: an imported key's plaintext may have been verified before it
+// existed). Creations name nothing: nobody can have verified a generated
+// key before CreateKey returned it.
 //
-// The feed is written last so that its shard's row lock, which makes the
-// shard's writers commit one after the other, is held only for the COMMIT
-// and is the last lock the transaction takes (no lock-order cycle with
-// the rows it changed before).
+// Every mutation writes its trail after the last lock it takes (what
+// follows are plain reads), so the shard's row lock, which makes the
+// shard's writers commit one after the other, is held only until the
+// COMMIT and is the last lock the transaction takes: no lock-order cycle
+// with the rows it changed before. Keep it so.
 
 // What a change names.
 func keyRef(id string) string       { return "k:" + id }
@@ -49,65 +51,65 @@ func changedBy(workspaceID string, e audit) string {
 	return ""
 }
 
-// changed records refs as changed by p's transaction.
-func (p *pending) changed(refs ...string) {
+// changed records refs as changed by p's transaction and returns those it
+// had not recorded yet.
+func (p *pending) changed(refs ...string) (fresh []string) {
 	if p == nil {
-		return
+		return nil
 	}
 	for _, r := range refs {
 		if r != "" && !slices.Contains(p.changes, r) {
 			p.changes = append(p.changes, r)
+			fresh = append(fresh, r)
 		}
 	}
+	return fresh
 }
 
-// changeStatements returns the statements that write p's changes to the
-// feed, none when it changed nothing. They go last, just before COMMIT.
-// The shard is the connection's (its server thread id modulo the shards),
-// so that transactions of different connections seldom wait for each
-// other's commit; LAST_INSERT_ID(expr) carries the shard's new number from
-// the UPDATE to the INSERT on the same connection, without a read.
-func (p *pending) changeStatements() []statement {
-	if p == nil || len(p.changes) == 0 {
+// changeStatements returns the statements that write refs to the feed,
+// none for no refs. The shard is the connection's (its server thread id
+// modulo the shards), so that transactions of different connections
+// seldom wait for each other's commit; LAST_INSERT_ID(expr) carries the
+// shard's new number from the UPDATE to the INSERT on the same
+// connection, without a read. A transaction that writes twice takes two
+// numbers of its shard.
+func changeStatements(refs []string) []statement {
+	if len(refs) == 0 {
 		return nil
 	}
-	b, _ := json.Marshal(p.changes) // strings always encode
-	refs := string(b)
+	b, _ := json.Marshal(refs) // strings always encode
 	return []statement{
 		{`UPDATE keystore_change_shards SET seq = LAST_INSERT_ID(seq + 1) WHERE shard = MOD(CONNECTION_ID(), ?)`, []any{feedShards}},
 		{`INSERT INTO keystore_changes (shard, slot, seq, refs)
 			VALUES (MOD(CONNECTION_ID(), ?), MOD(LAST_INSERT_ID(), ?), LAST_INSERT_ID(), ?)
-			ON DUPLICATE KEY UPDATE seq = LAST_INSERT_ID(), refs = ?`, []any{feedShards, feedRing, refs, refs}},
+			ON DUPLICATE KEY UPDATE seq = LAST_INSERT_ID(), refs = ?`, []any{feedShards, feedRing, string(b), string(b)}},
 	}
 }
 
-// writeChanges runs p's change statements in tx: on MariaDB in one
-// round trip, as an anonymous compound statement inside the transaction
-// (it neither begins nor commits one), elsewhere one by one.
-func (s *Store) writeChanges(ctx context.Context, tx *sqlx.Tx, p *pending) error {
-	stmts := p.changeStatements()
-	if len(stmts) == 0 {
-		return nil
-	}
-	if !s.noOneTrip.Load() {
-		query, args := "BEGIN NOT ATOMIC "+stmts[0].query+"; "+stmts[1].query+"; END", slices.Concat(stmts[0].args, stmts[1].args)
-		_, err := tx.ExecContext(ctx, query, args...)
-		if err == nil || !isParseError(err) && !isUnsupportedPrepare(err) {
-			return wrapChangeErr(err)
+// execAll runs stmts in tx: on MariaDB in one round trip, as an anonymous
+// compound statement inside the transaction (it neither begins nor
+// commits one), elsewhere one by one.
+func (s *Store) execAll(ctx context.Context, tx *sqlx.Tx, stmts []statement) error {
+	if len(stmts) > 1 && !s.noOneTrip.Load() {
+		var b strings.Builder
+		var args []any
+		b.WriteString("BEGIN NOT ATOMIC ")
+		for _, st := range stmts {
+			b.WriteString(st.query)
+			b.WriteString("; ")
+			args = append(args, st.args...)
 		}
-		s.noOneTrip.Store(true) // a parse error runs nothing and leaves the transaction as it was
+		b.WriteString("END")
+		_, err := tx.ExecContext(ctx, b.String(), args...)
+		if err == nil || !isParseError(err) && !isUnsupportedPrepare(err) {
+			return err
+		}
+		s.noOneTrip.Store(true) // a parse error ran nothing and left the transaction as it was
 	}
 	for _, st := range stmts {
 		if _, err := tx.ExecContext(ctx, st.query, st.args...); err != nil {
-			return wrapChangeErr(err)
+			return err
 		}
-	}
-	return nil
-}
-
-func wrapChangeErr(err error) error {
-	if err != nil {
-		return fmt.Errorf("keystore: write change feed: %w", err)
 	}
 	return nil
 }

@@ -37,8 +37,7 @@ var (
 // with which a transaction that changed the key keyID writes the change
 // feed, last before its COMMIT.
 func FeedStatements(keyID string) (queries []string, args [][]any) {
-	p := &pending{changes: []string{keyRef(keyID)}}
-	for _, st := range p.changeStatements() {
+	for _, st := range changeStatements([]string{keyRef(keyID)}) {
 		queries, args = append(queries, st.query), append(args, st.args)
 	}
 	return queries, args

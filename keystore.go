@@ -122,9 +122,8 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 
 // tx runs fn in a retried transaction with the Store's retry policy and
 // then extra. Each attempt carries a pending receipt in fn's ctx for the
-// trail fn writes, writes what the trail recorded as changed to the change
-// feed after fn (changes.go), and the Store's cache forgets it at once
-// when tx returns; a commit whose reply was lost is settled with it
+// trail fn writes, the Store's cache forgets what the trail recorded as
+// changed at once when tx returns (changes.go); a commit whose reply was lost is settled with it
 // (settle.go); an attempt whose connection broke before COMMIT has its
 // server thread ended before the next attempt.
 func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *sqlx.Tx) (T, error), extra ...RetryOption) (T, error) {
@@ -137,13 +136,7 @@ func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *s
 	defer func() { s.changedHere(p) }()
 	return retry(ctx, &cfg, func() (T, error) {
 		p = &pending{}
-		v, err := runTx(withPending(ctx, p), s.db, cfg.txOptions, func(ctx context.Context, tx *sqlx.Tx) (T, error) {
-			v, err := fn(ctx, tx)
-			if err == nil {
-				err = s.writeChanges(ctx, tx, p)
-			}
-			return v, err
-		}, p.sentOn)
+		v, err := runTx(withPending(ctx, p), s.db, cfg.txOptions, fn, p.sentOn)
 		if err != nil && !errors.Is(err, ErrAmbiguousCommit) && isConnectionLost(err) && ctx.Err() == nil {
 			s.release(ctx, p)
 		}

@@ -77,9 +77,8 @@ var errNoOneTrip = errors.New("keystore: server has no anonymous compound statem
 // returns that column of its first row ("" for none or NULL). It returns
 // errNoOneTrip, having written nothing, when the Store cannot (see above).
 //
-// stmts include the trail built for the pending receipt ctx carries, and
-// the block writes what that recorded as changed to the change feed after
-// them (changes.go); a block whose reply was lost is settled with it (settle.go), and read then
+// stmts include the trail built for the pending receipt ctx carries (with
+// its change feed); a block whose reply was lost is settled with it (settle.go), and read then
 // runs again on its own.
 func (s *Store) execOneTrip(ctx context.Context, read statement, stmts ...statement) (string, error) {
 	if s.noOneTrip.Load() || s.retryConfig.txOptions != nil {
@@ -92,7 +91,7 @@ func (s *Store) execOneTrip(ctx context.Context, read statement, stmts ...statem
 	b.WriteString("BEGIN NOT ATOMIC DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END; START TRANSACTION; ")
 	var args []any
 	p := pendingFrom(ctx)
-	for _, st := range slices.Concat(stmts, p.changeStatements(), []statement{read, {query: "COMMIT"}}) {
+	for _, st := range slices.Concat(stmts, []statement{read, {query: "COMMIT"}}) {
 		if st.query != "" {
 			b.WriteString(st.query)
 			b.WriteString("; ")
