@@ -22,6 +22,10 @@
 // *[ValidationError] naming the field), [ErrNotFound], [ErrRetriesExhausted]
 // and [ErrAmbiguousCommit].
 //
+// [WithVerifyCache] answers VerifyKey from memory, with a hard bound on
+// how stale an answer can be across every process: each change writes a
+// change feed in its own transaction, which caching Stores poll.
+//
 // Reads that may be as stale as a replica's lag can go to a read replica
 // ([WithReplica]); writes and credit spends never do, and a replica that
 // misses, fails or hangs costs a bounded wait, never an error. Galera
