@@ -216,10 +216,24 @@ func (s *Store) cachedKey(ctx context.Context, req VerifyKeyRequest, hash []byte
 		return row, false, err
 	}
 	if !c.feed.usable() {
-		// Fail safe, and on the primary: a replica's lag has no bound.
+		// Fail safe: the primary, and on Galera once its node has applied
+		// what the cluster committed (a replica's or a node's lag has no
+		// bound).
 		c.failSafe.Add(1)
-		row, err := s.readKey(ContextWithPrimaryRead(ctx), req, hash, cost, now)
-		return row, false, err
+		var e *cacheEntry
+		err := c.feed.synced(func(prefix string) error {
+			return s.readPrimary(ctx, func(ctx context.Context, db *sqlx.DB) (err error) {
+				e, _, err = loadRow(ctx, db, prefix, hash, now)
+				return err
+			})
+		})
+		switch {
+		case err != nil:
+			return verifyRow{}, false, err
+		case !e.found:
+			return verifyRow{}, false, sql.ErrNoRows
+		}
+		return e.row, false, nil
 	}
 	key := string(hash)
 	if e := c.get(key); e != nil && !(req.NoSpend && e.row.Remaining.Valid) && (e.until.IsZero() || now.Before(e.until)) {
@@ -230,10 +244,10 @@ func (s *Store) cachedKey(ctx context.Context, req VerifyKeyRequest, hash []byte
 		return e.row.clone(), true, nil
 	}
 	c.misses.Add(1)
+	if !c.known.mayRead(hash) {
+		return verifyRow{}, false, ErrTooManyUnknownKeys
+	}
 	load := func() (*cacheEntry, error) {
-		if !c.known.mayRead(hash) {
-			return nil, ErrTooManyUnknownKeys
-		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cacheLoadTimeout)
 		defer cancel()
 		return s.loadKey(ctx, hash, now)
@@ -293,12 +307,10 @@ func (s *Store) loadKey(ctx context.Context, hash []byte, now time.Time) (*cache
 	e.slots = e.dependsOn()
 	gen, known := c.feed.generationOf(&pos)
 	if !known || !c.feed.current(gen, e.slots) {
-		prefix = c.feed.syncWait()
-		err := s.readPrimary(ctx, read)
-		if prefix != "" && c.feed.noteSyncWait(err) {
-			prefix = ""
-			err = s.readPrimary(ctx, read)
-		}
+		err := c.feed.synced(func(p string) error {
+			prefix = p
+			return s.readPrimary(ctx, read)
+		})
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return nil, err
 		}

@@ -27,8 +27,9 @@ import (
 //
 // It requires that no answer shows a state that a change had replaced
 // longer than the bound before the answer was asked for, and reports the
-// time from each change's return to the first answer that shows it (or a
-// later state), the slowest of the 4 Stores, as p50, p99 and max.
+// longest any did, and the time from each change's return to the first
+// answer that shows it (or a later state), the slowest of the 4 Stores,
+// as p50, p99 and max.
 func TestVerifyCacheStaleness(t *testing.T) {
 	const (
 		bound   = time.Second
@@ -267,6 +268,7 @@ func TestVerifyCacheStaleness(t *testing.T) {
 	// Every answer shows a state that had not been replaced for longer
 	// than the bound when the answer was asked for.
 	var lags []time.Duration
+	var longestStale time.Duration // the longest an older state was answered after a change returned
 	violations := 0
 	for p, h := range histories {
 		index := map[string]int{}
@@ -282,6 +284,9 @@ func TestVerifyCacheStaleness(t *testing.T) {
 					if !ok {
 						t.Errorf("reader %d answered a state the key never had: %s", r, rn.print)
 						continue
+					}
+					if j < i {
+						longestStale = max(longestStale, rn.last.Sub(h[i].returned))
 					}
 					if j < i && rn.last.After(h[i].returned.Add(bound)) {
 						violations++
@@ -309,11 +314,11 @@ func TestVerifyCacheStaleness(t *testing.T) {
 	pct := func(q float64) time.Duration { return lags[int(q*float64(len(lags)-1))].Round(time.Millisecond) }
 	t.Logf("%d states replaced; time from a change's return to its first answer in the slowest Store: p50 %v, p99 %v, max %v (bound %v)",
 		len(lags), pct(0.5), pct(0.99), lags[len(lags)-1].Round(time.Millisecond), bound)
-	if violations > 0 {
-		t.Errorf("%d runs of answers contradicted a change older than the bound", violations)
-	}
-	if max := lags[len(lags)-1]; max > bound {
-		t.Errorf("a change was first seen %v after it returned, beyond the bound %v", max, bound)
+	t.Logf("the longest an older state was still answered after the change returned: %v", longestStale.Round(time.Millisecond))
+	// That is the bound's test (a first answer can come late only because
+	// no reader asked about the key sooner).
+	if violations > 0 || longestStale > bound {
+		t.Errorf("%d runs of answers contradicted a change older than the bound (longest %v)", violations, longestStale)
 	}
 	var hits int64
 	for _, s := range caching {

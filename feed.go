@@ -217,25 +217,21 @@ func (f *feed) pollIfDue() {
 func (f *feed) poll() error {
 	ctx, cancel := context.WithTimeout(context.Background(), f.maxStaleness)
 	defer cancel()
-	err := f.pollOnce(ctx)
-	if err != nil && f.noteSyncWait(err) {
-		err = f.pollOnce(ctx) // without the prefix the server refused
-	}
-	if err != nil {
+	if err := f.synced(func(prefix string) error { return f.pollOnce(ctx, prefix) }); err != nil {
 		return fmt.Errorf("keystore: change feed: %w", err)
 	}
 	return nil
 }
 
-// pollOnce is one try of poll.
-func (f *feed) pollOnce(ctx context.Context) error {
+// pollOnce is one try of poll, its statement after prefix.
+func (f *feed) pollOnce(ctx context.Context, prefix string) error {
 	sent := mono()
 	if !f.primed {
 		var rows []struct {
 			Shard int   `db:"shard"`
 			Seq   int64 `db:"seq"`
 		}
-		if err := f.db.SelectContext(ctx, &rows, f.syncWait()+`SELECT shard, seq FROM keystore_change_shards`); err != nil {
+		if err := f.db.SelectContext(ctx, &rows, prefix+`SELECT shard, seq FROM keystore_change_shards`); err != nil {
 			return err
 		}
 		if len(rows) != feedShards {
@@ -258,7 +254,7 @@ func (f *feed) pollOnce(ctx context.Context) error {
 		args = append(args, shard, seq)
 	}
 	var rows []change
-	err := f.db.SelectContext(ctx, &rows, f.syncWait()+`SELECT shard, seq, refs FROM keystore_changes WHERE `+
+	err := f.db.SelectContext(ctx, &rows, prefix+`SELECT shard, seq, refs FROM keystore_changes WHERE `+
 		where.String()+` ORDER BY shard, seq`, args...)
 	if err != nil {
 		return err
@@ -320,12 +316,23 @@ func (f *feed) syncWait() string {
 	return "SET STATEMENT wsrep_sync_wait = 1 FOR "
 }
 
+// synced runs try with syncWait's prefix, and again without it when the
+// server refuses the prefix.
+func (f *feed) synced(try func(prefix string) error) error {
+	prefix := f.syncWait()
+	err := try(prefix)
+	if prefix != "" && f.noteSyncWait(err) {
+		err = try("")
+	}
+	return err
+}
+
 // noteSyncWait reports whether err is the server refusing the prefix of
-// syncWait for the first time (MySQL has neither SET STATEMENT nor
-// wsrep_sync_wait), and remembers it.
+// syncWait (MySQL has neither SET STATEMENT nor wsrep_sync_wait), and
+// remembers it, so that later statements go without.
 func (f *feed) noteSyncWait(err error) bool {
 	n, ok := serverErrorNumber(err)
-	if !ok || n != errParse && n != errUnknownSystemVariable || f.noSyncWait.Load() {
+	if !ok || n != errParse && n != errUnknownSystemVariable {
 		return false
 	}
 	f.noSyncWait.Store(true)
