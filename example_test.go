@@ -222,3 +222,41 @@ func ExampleStore_Settle() {
 	}
 	fmt.Println(created.KeyID != "")
 }
+
+func ExampleWithVerifyCache() {
+	admin, db, done := exampleStore() // keystore.New and Migrate, on a fresh test database
+	defer done()
+	ctx := context.Background()
+
+	// The API's Store answers from memory, and never more than a second
+	// behind a change made through any Store, in any process.
+	api, err := keystore.New(db, keystore.WithVerifyCache(100_000, time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	key, err := admin.CreateKey(ctx, keystore.CreateKeyRequest{WorkspaceID: "ws_acme", KeySpaceID: "ks_production"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	verify := func() keystore.VerificationCode {
+		v, err := api.VerifyKey(ctx, keystore.VerifyKeyRequest{KeySpaceID: "ks_production", Key: key.Key})
+		if errors.Is(err, keystore.ErrTooManyUnknownKeys) {
+			return "503, Retry-After: 1" // a flood of made-up keys; known keys still verify
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		return v.Code
+	}
+	fmt.Println(verify())
+
+	if _, err := admin.UpdateKey(ctx, keystore.UpdateKeyRequest{WorkspaceID: "ws_acme", KeyID: key.KeyID,
+		Enabled: keystore.Set(false)}); err != nil {
+		log.Fatal(err)
+	}
+	time.Sleep(time.Second) // the bound: from here on every answer has the change
+	fmt.Println(verify())
+	// Output:
+	// VALID
+	// DISABLED
+}
