@@ -5,16 +5,13 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/idsafe/keystore"
-	"github.com/idsafe/keystore/internal/mariadb"
 	"github.com/idsafe/keystore/internal/testutil"
-	"github.com/idsafe/keystore/keystoretest"
 )
 
 // TestServerKilledMidLoad: 8 goroutines create keys while the server is
@@ -50,23 +47,7 @@ func TestServerKilledMidLoad(t *testing.T) {
 func crashUnderLoad(t *testing.T, settle, down time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srv, err := mariadb.Start(ctx)
-	if errors.Is(err, mariadb.ErrNotInstalled) && os.Getenv(keystoretest.EnvDSN) != "" {
-		t.Skipf("needs a MariaDB server of its own to kill: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	admin := openPool(t, faultConfig(t, srv.DSN("")))
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE crash"); err != nil {
-		t.Fatal(err)
-	}
-	admin.Close()
+	srv := ownServer(t, ctx, "crash")
 
 	cfg := faultConfig(t, srv.DSN("crash"))
 	var dialer net.Dialer

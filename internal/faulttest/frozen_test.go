@@ -2,16 +2,12 @@ package faulttest
 
 import (
 	"context"
-	"errors"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/idsafe/keystore"
-	"github.com/idsafe/keystore/internal/mariadb"
-	"github.com/idsafe/keystore/keystoretest"
 )
 
 // TestVerifyCacheServerFrozen: 4 goroutines verify a key on a Store with a
@@ -25,22 +21,7 @@ func TestVerifyCacheServerFrozen(t *testing.T) {
 	const bound = 300 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srv, err := mariadb.Start(ctx)
-	if errors.Is(err, mariadb.ErrNotInstalled) && os.Getenv(keystoretest.EnvDSN) != "" {
-		t.Skipf("needs a MariaDB server of its own to freeze: %v", err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Error(err)
-		}
-	})
-	admin := openPool(t, faultConfig(t, srv.DSN("")))
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE frozen"); err != nil {
-		t.Fatal(err)
-	}
+	srv := ownServer(t, ctx, "frozen")
 	db := openPool(t, faultConfig(t, srv.DSN("frozen")))
 	migrate(t, db)
 	store, err := keystore.New(db, keystore.WithVerifyCache(100, bound))

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/go-sql-driver/mysql"
 	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/internal/mariadb"
 	"github.com/idsafe/keystore/keystoretest"
 	"github.com/jmoiron/sqlx"
 	"github.com/rs/zerolog"
@@ -315,4 +317,30 @@ func report(t *testing.T, counts map[outcome]int, retries int64) {
 	t.Helper()
 	t.Logf("calls: %d succeeded, %d ambiguous commits, %d retries exhausted, %d unclassified; %d retries",
 		counts[succeeded], counts[ambiguous], counts[exhausted], counts[unclassified], retries)
+}
+
+// ownServer starts a MariaDB server for t alone (for a test that kills or
+// freezes it, which would disturb every other test of a shared one),
+// stopped when t ends, with an empty database named database. It skips t
+// only where no server can be started but KEYSTORE_TEST_DSN names one.
+func ownServer(t *testing.T, ctx context.Context, database string) *mariadb.Server {
+	t.Helper()
+	srv, err := mariadb.Start(ctx)
+	if errors.Is(err, mariadb.ErrNotInstalled) && os.Getenv(keystoretest.EnvDSN) != "" {
+		t.Skipf("needs a MariaDB server of its own: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	admin := openPool(t, faultConfig(t, srv.DSN("")))
+	defer admin.Close()
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+database); err != nil {
+		t.Fatal(err)
+	}
+	return srv
 }
