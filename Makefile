@@ -30,7 +30,8 @@ demo: ensure-mariadb
 # Five runs of every benchmark on a durable server, 2,000 calls per shape
 # (20,000 for VerifyKey, which is faster), the shapes' order rotated from
 # run to run (see docs/benchmarks.md); raw output in bench.txt (for
-# benchstat -col /shape), the table of medians and ratios in BENCHMARKS.md.
+# benchstat -col /shape), the table of medians and ratios in BENCHMARKS.md,
+# bar charts of the medians in docs/charts.
 # About 25 minutes.
 bench: ensure-mariadb
 	$(GO) test -c -o bin/keystore.test .
@@ -41,6 +42,7 @@ bench: ensure-mariadb
 			-test.bench 'BenchmarkVerifyKey' -test.benchtime 20000x || exit 1; done | tee bench.txt
 	$(GO) run ./cmd/benchtable < bench.txt > BENCHMARKS.md
 	$(GO) run ./cmd/benchtable -json < bench.txt > bench.json
+	$(GO) run ./cmd/benchchart -in bench.json -out docs/charts
 
 ensure-mariadb:
 	bash scripts/ensure-mariadb.sh
