@@ -1,0 +1,138 @@
+// Command apiserver is an HTTP API guarded by keystore keys, with
+// keystorehttp: a route that creates keys, and a route of orders that
+// spends credits and ratelimits.
+//
+//	go run ./examples/apiserver                          # throwaway MariaDB; calls itself and prints each answer
+//	go run ./examples/apiserver -listen 127.0.0.1:8080   # then keeps serving, for curl
+//	KEYSTORE_DSN='root@tcp(127.0.0.1:3306)/' go run ./examples/apiserver
+//
+// With no database in the DSN it creates and uses keystore_apiserver. It
+// exits with status 1 if any answer is not the one it expects.
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/internal/mariadb"
+	"github.com/jmoiron/sqlx"
+)
+
+func main() {
+	listen := flag.String("listen", "", "after the demo, keep serving on this address (e.g. 127.0.0.1:8080) until interrupted")
+	dsn := flag.String("dsn", "", "go-sql-driver/mysql DSN of the server to use\n(default $KEYSTORE_DSN; if both are empty, a throwaway MariaDB is started)")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cmp.Or(*dsn, os.Getenv("KEYSTORE_DSN")), *listen, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "apiserver:", err)
+		os.Exit(1)
+	}
+}
+
+// run serves the API on a loopback port, creates keys through it, sends
+// the requests of the demo and checks each answer; with listen set it then
+// serves there until ctx ends.
+func run(ctx context.Context, dsn, listen string, out io.Writer) error {
+	if dsn == "" {
+		server, err := mariadb.Start(ctx)
+		if err != nil {
+			return fmt.Errorf("starting a throwaway MariaDB: %w", err)
+		}
+		defer server.Stop()
+		fmt.Fprintf(out, "started throwaway MariaDB %s at %s\n", server.Version(), server.Addr())
+		dsn = server.DSN("")
+	}
+	db, err := openDB(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	store, err := keystore.New(db)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if err := store.Migrate(ctx); err != nil {
+		return err
+	}
+	// The admin key, which may create keys: made here, as a service would
+	// at its first start or from an operator's tool.
+	admin, err := store.CreateKey(ctx, keystore.CreateKeyRequest{
+		WorkspaceID: workspace, KeySpaceID: keySpace, Prefix: "admin", Name: "apiserver admin",
+		Permissions: []string{"keys.create"},
+	})
+	if err != nil {
+		return err
+	}
+
+	addr := cmp.Or(listen, "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: newAPI(store), ReadHeaderTimeout: 5 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	defer srv.Close()
+	base := "http://" + ln.Addr().String()
+	fmt.Fprintf(out, "serving on %s\n\n", base)
+
+	if err := demo(ctx, out, base, admin.Key); err != nil {
+		return err
+	}
+	if listen == "" {
+		return nil
+	}
+	// The admin key is shown once, as CreateKey returns it once: the
+	// store keeps only its hash.
+	fmt.Fprintf(out, "\nserving until interrupted; the admin key (shown once) is %s\n", admin.Key)
+	fmt.Fprintf(out, "  curl -X POST -H 'Authorization: Bearer %s' -d '{\"externalId\":\"me\",\"permissions\":[\"orders.read\"]}' %s/v1/keys\n", admin.Key, base)
+	select {
+	case <-ctx.Done():
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(shutdown)
+	case err := <-served:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}
+
+// openDB opens a pool on dsn's database, creating keystore_apiserver and
+// using it when dsn names none.
+func openDB(ctx context.Context, dsn string) (*sqlx.DB, error) {
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("DSN: %w", err)
+	}
+	cfg.ParseTime = true
+	cfg.InterpolateParams = true // one round trip per statement, as keystore.New advises
+	if cfg.DBName == "" {
+		admin, err := sqlx.Open("mysql", cfg.FormatDSN())
+		if err != nil {
+			return nil, err
+		}
+		_, err = admin.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS keystore_apiserver")
+		admin.Close()
+		if err != nil {
+			return nil, err
+		}
+		cfg.DBName = "keystore_apiserver"
+	}
+	return sqlx.Open("mysql", cfg.FormatDSN())
+}
