@@ -1,12 +1,32 @@
+-- +goose Up
+-- +goose NO TRANSACTION
 -- keystore schema, version 1.
--- Statements are separated by a line holding only ";" and run one at a time
--- (the library never needs multiStatements). Each is idempotent.
+--
+-- The files of this directory are the schema for Store.Migrate and, through
+-- keystore.Migrations(), for goose and golang-migrate (see migrate.go and
+-- docs/migrations.md), so each keeps to what all three read:
+--   - named NNN_name.up.sql; they only go up;
+--   - the two goose annotations above, first, and no other line with goose's
+--     annotation marker;
+--   - statements separated by a line holding only ";" (Migrate runs them one
+--     at a time; goose ends a statement at a line ending in ";"; golang-migrate
+--     sends the whole file), the last one followed by such a line too;
+--   - every statement idempotent, so that a file cut short can run again;
+--   - the last statement records the file's own version in
+--     keystore_schema_migrations, which this file creates first: after any
+--     tool has run the files, Migrate finds them all applied and does
+--     nothing (migrate_test.go checks this of every file).
 --
 -- Ids and names use binary collations: "User1" and "user1" are two identities.
 -- A live row has live = 1; a deleted row has live = NULL. NULLs never collide
 -- in a unique index, so a name can be deleted and created again any number of
 -- times while only one live row per name can exist.
 
+CREATE TABLE IF NOT EXISTS keystore_schema_migrations (
+  version    INT NOT NULL PRIMARY KEY,
+  applied_at DATETIME(6) NOT NULL
+) ENGINE=InnoDB
+;
 CREATE TABLE IF NOT EXISTS keystore_identities (
   id           VARCHAR(64)  CHARACTER SET ascii   COLLATE ascii_bin   NOT NULL,
   workspace_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
@@ -128,3 +148,6 @@ CREATE TABLE IF NOT EXISTS keystore_audit_events (
   PRIMARY KEY (id),
   KEY keystore_audit_events_workspace (workspace_id, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+;
+INSERT IGNORE INTO keystore_schema_migrations (version, applied_at) VALUES (1, UTC_TIMESTAMP(6))
+;

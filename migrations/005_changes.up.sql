@@ -1,3 +1,5 @@
+-- +goose Up
+-- +goose NO TRANSACTION
 -- keystore schema, version 5: the change feed that keeps the verification
 -- caches of every Store (WithVerifyCache) within their staleness bound
 -- (feed.go). Every mutation that can change a verification's answer
@@ -35,3 +37,6 @@ CREATE TABLE IF NOT EXISTS keystore_changes (
   PRIMARY KEY (shard, slot),
   KEY keystore_changes_seq (shard, seq)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+;
+INSERT IGNORE INTO keystore_schema_migrations (version, applied_at) VALUES (5, UTC_TIMESTAMP(6))
+;

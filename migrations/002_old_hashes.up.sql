@@ -1,3 +1,5 @@
+-- +goose Up
+-- +goose NO TRANSACTION
 -- keystore schema, version 2: the hashes a key answers to during a
 -- RerollKey grace period, besides its own. A row stops counting once
 -- expires_at has passed; RerollKey deletes its key's expired rows.
@@ -8,3 +10,6 @@ CREATE TABLE IF NOT EXISTS keystore_old_hashes (
   PRIMARY KEY (hash),
   KEY keystore_old_hashes_key (key_id)
 ) ENGINE=InnoDB
+;
+INSERT IGNORE INTO keystore_schema_migrations (version, applied_at) VALUES (2, UTC_TIMESTAMP(6))
+;

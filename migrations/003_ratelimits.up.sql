@@ -1,3 +1,5 @@
+-- +goose Up
+-- +goose NO TRANSACTION
 -- keystore schema, version 3: ratelimit windows, the database's count of
 -- the tokens each limit handed out in its current window. subject is the
 -- key's id, or the identity's for an owner's limit; window_start is the
@@ -11,3 +13,6 @@ CREATE TABLE IF NOT EXISTS keystore_ratelimits (
   used         BIGINT NOT NULL,
   PRIMARY KEY (subject, name)
 ) ENGINE=InnoDB
+;
+INSERT IGNORE INTO keystore_schema_migrations (version, applied_at) VALUES (3, UTC_TIMESTAMP(6))
+;
