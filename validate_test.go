@@ -3,6 +3,7 @@ package keystore
 import (
 	"errors"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -491,4 +492,29 @@ func FuzzValidateVerifyKey(f *testing.F) {
 			t.Fatalf("validate returned %v, not ErrInvalidInput", err)
 		}
 	})
+}
+
+// Validate names the field VerifyKey would refuse, without a database.
+func TestValidateVerifyKeyRequest(t *testing.T) {
+	valid := VerifyKeyRequest{WorkspaceID: "ws", KeySpaceID: "ks", Key: "sk_1", Permissions: "a.read AND (b OR c)",
+		Ratelimits: []RatelimitRequest{{Name: "search", Cost: 2}}}
+	if err := valid.Validate(); err != nil {
+		t.Fatalf("a valid request: %v", err)
+	}
+	cases := map[string]func(r *VerifyKeyRequest){
+		"KeySpaceID":         func(r *VerifyKeyRequest) { r.KeySpaceID = "" },
+		"Key":                func(r *VerifyKeyRequest) { r.Key = strings.Repeat("k", 513) },
+		"Cost":               func(r *VerifyKeyRequest) { r.Cost = -1 },
+		"Permissions":        func(r *VerifyKeyRequest) { r.Permissions = "a AND" },
+		"Ratelimits[1].Name": func(r *VerifyKeyRequest) { r.Ratelimits = append(r.Ratelimits, RatelimitRequest{Name: "search"}) },
+	}
+	for field, breakIt := range cases {
+		r := valid
+		r.Ratelimits = slices.Clone(valid.Ratelimits)
+		breakIt(&r)
+		var v *ValidationError
+		if err := r.Validate(); !errors.As(err, &v) || v.Field != field {
+			t.Errorf("%s: got %v, want a *ValidationError naming %s", field, err, field)
+		}
+	}
 }

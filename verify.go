@@ -216,6 +216,13 @@ func (r verifyRow) passes(req VerifyKeyRequest, cost int64, now time.Time) bool 
 	return v.Code == CodeValid && (v.Remaining == nil || req.NoSpend || *v.Remaining >= cost)
 }
 
+// Validate reports the first field of r that VerifyKey would refuse, as a
+// *ValidationError (errors.Is ErrInvalidInput), without any I/O: a caller
+// can check a request it builds once, such as a route's, at start-up. A
+// valid request can still be refused once the key is read, for naming a
+// ratelimit the key and its owner lack.
+func (r VerifyKeyRequest) Validate() error { return r.validate() }
+
 func (r *VerifyKeyRequest) validate() error {
 	if r.WorkspaceID != "" {
 		if err := validateID("WorkspaceID", r.WorkspaceID, limitIDChars); err != nil {

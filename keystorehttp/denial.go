@@ -3,27 +3,29 @@ package keystorehttp
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/idsafe/keystore"
 )
 
-// Codes of answers that are not a verification's: a Denial's Code is one
-// of these or a keystore.VerificationCode.
+// Codes of answers that are not a verification's.
 const (
-	CodeMissingKey         = "MISSING_KEY"           // 401: the request carries no key
-	CodeTooManyUnknownKeys = "TOO_MANY_UNKNOWN_KEYS" // 503: keystore.ErrTooManyUnknownKeys
-	CodeUnavailable        = "UNAVAILABLE"           // 503: the Store failed
-	CodeInternal           = "INTERNAL"              // 500: the route's request is invalid
+	CodeMissingKey         keystore.VerificationCode = "MISSING_KEY"           // 401: the request carries no key
+	CodeTooManyUnknownKeys keystore.VerificationCode = "TOO_MANY_UNKNOWN_KEYS" // 503: keystore.ErrTooManyUnknownKeys
+	CodeUnavailable        keystore.VerificationCode = "UNAVAILABLE"           // 503: the Store failed
+	CodeInternal           keystore.VerificationCode = "INTERNAL"              // 500: see Denial.Err
 )
 
 // Denial is an answer given instead of calling the next handler.
 type Denial struct {
-	Status int    // the HTTP status: 401, 402, 403, 429, 500 or 503
-	Code   string // a keystore.VerificationCode, or one of the Code constants here
-	// Verification is the Store's answer when the key was verified (Code
-	// is its Code); the zero value otherwise.
+	Status int // the HTTP status: 401, 402, 403, 429, 500 or 503
+	// Code is the verification's code, or one of the Code constants of
+	// this package.
+	Code keystore.VerificationCode
+	// Verification is the Store's answer when the key was verified; the
+	// zero value otherwise.
 	Verification keystore.Verification
 	// RetryAfter is how long to wait before trying again, already sent
 	// as Retry-After in whole seconds (rounded up); 0 when waiting will
@@ -44,16 +46,19 @@ var statusOf = map[keystore.VerificationCode]int{
 
 // refusal is the Denial of a verification that is not valid.
 func refusal(v keystore.Verification, now time.Time) Denial {
-	d := Denial{Status: statusOf[v.Code], Code: string(v.Code), Verification: v}
-	if d.Status == 0 { // a code newer than this package: refuse without guessing why
-		d.Status = http.StatusForbidden
+	status, ok := statusOf[v.Code]
+	if !ok { // a code this package does not know (a Verifier's own, or a newer one): refuse, loudly
+		return Denial{Status: http.StatusInternalServerError, Code: CodeInternal, Verification: v,
+			Err: fmt.Errorf("keystorehttp: a verification that is not valid, with code %q", v.Code)}
 	}
+	d := Denial{Status: status, Code: v.Code, Verification: v}
 	if v.Code == keystore.CodeRateLimited {
 		// The request may go through once every limit it exceeded has
-		// started a new window.
+		// started a new window: at most a window away, at least a second.
+		d.RetryAfter = time.Second
 		for _, rl := range v.RatelimitResults {
 			if rl.Exceeded {
-				d.RetryAfter = max(d.RetryAfter, rl.Reset.Sub(now), time.Second)
+				d.RetryAfter = max(d.RetryAfter, min(rl.Reset.Sub(now), rl.Duration))
 			}
 		}
 	}
@@ -66,10 +71,10 @@ func failure(err error) Denial {
 	switch {
 	case errors.As(err, &invalid) && invalid.Field == "Key":
 		// Too long to be any key: to the client, an unknown one.
-		return Denial{Status: http.StatusUnauthorized, Code: string(keystore.CodeNotFound)}
+		return Denial{Status: http.StatusUnauthorized, Code: keystore.CodeNotFound}
 	case errors.Is(err, keystore.ErrInvalidInput):
-		// The route's request is wrong, or names a ratelimit the key
-		// lacks: a bug or a provisioning gap to fix, not the client's.
+		// Require checked the route, so the key lacks a ratelimit the
+		// route names: a provisioning gap to fix, not the client's.
 		return Denial{Status: http.StatusInternalServerError, Code: CodeInternal, Err: err}
 	case errors.Is(err, keystore.ErrTooManyUnknownKeys):
 		return Denial{Status: http.StatusServiceUnavailable, Code: CodeTooManyUnknownKeys, RetryAfter: time.Second, Err: err}
@@ -79,17 +84,17 @@ func failure(err error) Denial {
 }
 
 // messages are the default answers' human-readable texts.
-var messages = map[string]string{
-	CodeMissingKey:                               "no API key: send it as Authorization: Bearer <key>",
-	string(keystore.CodeNotFound):                "the API key is not valid",
-	string(keystore.CodeExpired):                 "the API key has expired",
-	string(keystore.CodeDisabled):                "the API key is disabled",
-	string(keystore.CodeUsageExceeded):           "the API key has no credits left",
-	string(keystore.CodeInsufficientPermissions): "the API key lacks a permission this request needs",
-	string(keystore.CodeRateLimited):             "the API key's rate limit is exhausted; retry after Retry-After seconds",
-	CodeTooManyUnknownKeys:                       "too many unknown API keys; retry after Retry-After seconds",
-	CodeUnavailable:                              "the API key could not be verified; try again later",
-	CodeInternal:                                 "the API key could not be verified",
+var messages = map[keystore.VerificationCode]string{
+	CodeMissingKey:                       "the request carries no API key",
+	keystore.CodeNotFound:                "the API key is not valid",
+	keystore.CodeExpired:                 "the API key has expired",
+	keystore.CodeDisabled:                "the API key is disabled",
+	keystore.CodeUsageExceeded:           "the API key has no credits left",
+	keystore.CodeInsufficientPermissions: "the API key lacks a permission this request needs",
+	keystore.CodeRateLimited:             "the API key's rate limit is exhausted; retry after Retry-After seconds",
+	CodeTooManyUnknownKeys:               "too many unknown API keys; retry after Retry-After seconds",
+	CodeUnavailable:                      "the API key could not be verified; try again later",
+	CodeInternal:                         "the API key could not be verified",
 }
 
 // WriteDenial is the default answer: d.Status with a JSON body
@@ -101,10 +106,8 @@ func WriteDenial(w http.ResponseWriter, _ *http.Request, d Denial) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
 	w.WriteHeader(d.Status)
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false) // the messages hold "<key>"; the body is JSON, not HTML
-	enc.Encode(struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
+	json.NewEncoder(w).Encode(struct {
+		Code    keystore.VerificationCode `json:"code"`
+		Message string                    `json:"message"`
 	}{d.Code, messages[d.Code]})
 }

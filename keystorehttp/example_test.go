@@ -49,7 +49,11 @@ func ExampleRequire() {
 	})
 	mux := http.NewServeMux()
 	mux.Handle("GET /orders", readOrders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		v, _ := keystorehttp.FromContext(r.Context())
+		v, ok := keystorehttp.FromContext(r.Context())
+		if !ok { // mounted without Require: serve nothing
+			http.Error(w, "no verified key", http.StatusInternalServerError)
+			return
+		}
 		fmt.Fprintf(w, "orders of %s\n", v.ExternalID)
 	})))
 	srv := httptest.NewServer(mux)
@@ -71,5 +75,5 @@ func ExampleRequire() {
 	// Output:
 	// 200 orders of customer-42
 	// 401 {"code":"NOT_FOUND","message":"the API key is not valid"}
-	// 401 {"code":"MISSING_KEY","message":"no API key: send it as Authorization: Bearer <key>"}
+	// 401 {"code":"MISSING_KEY","message":"the request carries no API key"}
 }

@@ -32,7 +32,8 @@ const (
 // answer is what one request got back.
 type answer struct {
 	status     int
-	code       string // the JSON body's code on a denial
+	code       keystore.VerificationCode // the JSON body's code on a denial
+	body       string
 	keyID      string // the verification the handler found in its context
 	externalID string
 	remaining  *int64
@@ -89,27 +90,37 @@ func (s *server) get(t *testing.T, path, authorization string) answer {
 
 func (s *server) do(t *testing.T, req *http.Request) answer {
 	t.Helper()
-	resp, err := s.Client().Do(req)
+	a, err := s.try(req)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return a
+}
+
+// try is do for goroutines other than the test's, which must not call
+// t.Fatal.
+func (s *server) try(req *http.Request) (answer, error) {
+	resp, err := s.Client().Do(req)
+	if err != nil {
+		return answer{}, err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatal(err)
+		return answer{}, err
 	}
-	a := answer{status: resp.StatusCode, header: resp.Header}
+	a := answer{status: resp.StatusCode, header: resp.Header, body: string(body)}
 	var decoded struct {
-		Code       string `json:"code"`
-		KeyID      string `json:"keyID"`
-		ExternalID string `json:"externalID"`
-		Remaining  *int64 `json:"remaining"`
+		Code       keystore.VerificationCode `json:"code"`
+		KeyID      string                    `json:"keyID"`
+		ExternalID string                    `json:"externalID"`
+		Remaining  *int64                    `json:"remaining"`
 	}
 	if err := json.Unmarshal(body, &decoded); err != nil {
-		t.Fatalf("%s: status %d, body %q is not JSON: %v", req.URL.Path, resp.StatusCode, body, err)
+		return a, fmt.Errorf("%s: status %d, body %q is not JSON: %v", req.URL.Path, resp.StatusCode, body, err)
 	}
 	a.code, a.keyID, a.externalID, a.remaining = decoded.Code, decoded.KeyID, decoded.ExternalID, decoded.Remaining
-	return a
+	return a, nil
 }
 
 func createKey(t *testing.T, store *keystore.Store, req keystore.CreateKeyRequest) keystore.CreatedKey {
@@ -140,7 +151,8 @@ func TestRequireAnswersEachOutcome(t *testing.T) {
 	cases := []struct {
 		name, path, authorization string
 		status                    int
-		code, wwwAuthenticate     string
+		code                      keystore.VerificationCode
+		wwwAuthenticate           string
 	}{
 		{"no header", "/orders", "", 401, keystorehttp.CodeMissingKey, bearer},
 		{"another scheme", "/orders", "Basic " + good.Key, 401, keystorehttp.CodeMissingKey, bearer},
@@ -209,11 +221,17 @@ func TestRequireSpendsCreditsExactly(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a := srv.get(t, "/orders", "Bearer "+k.Key)
+			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/orders", nil)
+			req.Header.Set("Authorization", "Bearer "+k.Key)
+			a, err := srv.try(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			statuses[a.status]++
-			if a.status == 402 && (a.code != "USAGE_EXCEEDED" || a.header.Get("Retry-After") != "") {
+			if a.status == 402 && (a.code != keystore.CodeUsageExceeded || a.header.Get("Retry-After") != "") {
 				t.Errorf("402 with code %s and Retry-After %q, want USAGE_EXCEEDED and none", a.code, a.header.Get("Retry-After"))
 			}
 		}()
@@ -241,6 +259,10 @@ func TestRequireRateLimitedRetryAfter(t *testing.T) {
 	srv := newServer(t, store)
 	k := createKey(t, store, keystore.CreateKeyRequest{Permissions: []string{"orders.read"},
 		Ratelimits: []keystore.Ratelimit{{Name: "hourly", Limit: 3, Duration: time.Hour, AutoApply: true}}})
+	// The four requests must fall in one window.
+	if left := time.Until(time.Now().Truncate(time.Hour).Add(time.Hour)); left < 10*time.Second {
+		time.Sleep(left + time.Second)
+	}
 	for i := range 3 {
 		if a := srv.get(t, "/orders", "Bearer "+k.Key); a.status != 200 {
 			t.Fatalf("request %d within the limit: %d %s", i, a.status, a.code)
@@ -281,6 +303,9 @@ func TestRequireStoreFailure(t *testing.T) {
 		if a.status != 503 || a.code != keystorehttp.CodeUnavailable || a.header.Get("Retry-After") != "" {
 			t.Errorf("got %d %s Retry-After %q, want 503 %s and none", a.status, a.code, a.header.Get("Retry-After"), keystorehttp.CodeUnavailable)
 		}
+		if strings.Contains(a.body, "keystore_") || strings.Contains(a.body, "1146") {
+			t.Errorf("the answer tells the database's error: %s", a.body)
+		}
 	}
 	if n := srv.calls.Load(); n != 0 {
 		t.Errorf("the handler ran %d times with a failing store", n)
@@ -312,7 +337,8 @@ func TestRequireTooManyUnknownKeys(t *testing.T) {
 	}
 	var declined, unknown, other atomic.Int64
 	var sample atomic.Pointer[answer]
-	handler := srv.Config.Handler
+	// Through the real server, on connections kept open between requests.
+	srv.Client().Transport.(*http.Transport).MaxIdleConnsPerHost = 16
 	var wg sync.WaitGroup
 	deadline := time.Now().Add(20 * time.Second)
 	for g := range 16 {
@@ -320,17 +346,17 @@ func TestRequireTooManyUnknownKeys(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; declined.Load() < 100 && time.Now().Before(deadline); i++ {
-				rec := httptest.NewRecorder()
-				req := httptest.NewRequest(http.MethodGet, "/orders", nil)
+				req, _ := http.NewRequest(http.MethodGet, srv.URL+"/orders", nil)
 				req.Header.Set("Authorization", fmt.Sprintf("Bearer guess_%d_%d", g, i))
-				handler.ServeHTTP(rec, req)
-				switch rec.Code {
-				case 503:
+				a, err := srv.try(req)
+				switch {
+				case err != nil:
+					t.Error(err)
+					return
+				case a.status == 503:
 					declined.Add(1)
-					var body struct{ Code string }
-					json.Unmarshal(rec.Body.Bytes(), &body)
-					sample.Store(&answer{status: rec.Code, code: body.Code, header: rec.Header()})
-				case 401:
+					sample.Store(&a)
+				case a.status == 401:
 					unknown.Add(1)
 				default:
 					other.Add(1)
@@ -358,7 +384,8 @@ func TestRequireTooManyUnknownKeys(t *testing.T) {
 }
 
 // TestRequireOptions: a key from another header (and no WWW-Authenticate,
-// which names the Bearer scheme), and an answer of the service's own.
+// which names the Bearer scheme), and answers of the service's own, which
+// may change the error status but never send a success.
 func TestRequireOptions(t *testing.T) {
 	store := keystoretest.NewStore(t)
 	k := createKey(t, store, keystore.CreateKeyRequest{Permissions: []string{"orders.read"}, Credits: &keystore.Credits{Remaining: 1}})
@@ -367,11 +394,12 @@ func TestRequireOptions(t *testing.T) {
 		keystorehttp.WithKey(func(r *http.Request) string { return r.Header.Get("X-API-Key") }),
 		keystorehttp.WithDenial(func(w http.ResponseWriter, r *http.Request, d keystorehttp.Denial) {
 			denials = append(denials, d)
-			status := d.Status
-			if d.Code == string(keystore.CodeUsageExceeded) {
-				status = http.StatusTooManyRequests
-			}
-			w.WriteHeader(status)
+			switch d.Code {
+			case keystore.CodeUsageExceeded:
+				w.WriteHeader(http.StatusTooManyRequests) // the service's choice
+			case keystore.CodeNotFound:
+				w.WriteHeader(http.StatusOK) // a bug the middleware must not pass on
+			} // MISSING_KEY: no status at all
 			fmt.Fprintf(w, `{"code":%q}`, "mine:"+d.Code)
 		}))
 	send := func(key string) answer {
@@ -385,10 +413,51 @@ func TestRequireOptions(t *testing.T) {
 	if a := srv.get(t, "/orders", "Bearer "+k.Key); a.status != 401 || a.code != "mine:MISSING_KEY" || a.header.Get("WWW-Authenticate") != "" {
 		t.Errorf("a Bearer key where X-API-Key is read: %d %s WWW-Authenticate %q", a.status, a.code, a.header.Get("WWW-Authenticate"))
 	}
+	if a := send("sk_made_up"); a.status != 401 || a.code != "mine:NOT_FOUND" {
+		t.Errorf("an unknown key whose answer tried 200: %d %s, want 401", a.status, a.code)
+	}
 	if a := send(k.Key); a.status != 429 || a.code != "mine:USAGE_EXCEEDED" {
 		t.Errorf("spent key: %d %s, want the service's own 429", a.status, a.code)
 	}
-	if len(denials) != 2 || denials[1].Verification.KeyID != k.KeyID || denials[1].Status != 402 {
-		t.Errorf("denials %+v: want two, the second with the key's verification and status 402", denials)
+	if len(denials) != 3 || denials[2].Verification.KeyID != k.KeyID || denials[2].Status != 402 {
+		t.Errorf("denials %+v: want three, the last with the key's verification and status 402", denials)
+	}
+	if n := srv.calls.Load(); n != 1 {
+		t.Errorf("the handler ran %d times, want 1", n)
+	}
+}
+
+// TestRequireRefusesInvalidRoutes: a route VerifyKey would refuse on every
+// request is a bug found when the middleware is made.
+func TestRequireRefusesInvalidRoutes(t *testing.T) {
+	store := keystoretest.NewStore(t)
+	for name, route := range map[string]keystore.VerifyKeyRequest{
+		"Permissions": {KeySpaceID: keySpace, Permissions: "orders.read AND"},
+		"KeySpaceID":  {},
+		"Cost":        {KeySpaceID: keySpace, Cost: -1},
+	} {
+		func() {
+			defer func() {
+				if p := recover(); p == nil || !strings.Contains(fmt.Sprint(p), name) {
+					t.Errorf("%s: Require panicked with %v, want a panic naming the field", name, p)
+				}
+			}()
+			keystorehttp.Require(store, route)
+		}()
+	}
+}
+
+// TestFromContext: only a valid verification is reported present.
+func TestFromContext(t *testing.T) {
+	ctx := context.Background()
+	if _, ok := keystorehttp.FromContext(ctx); ok {
+		t.Error("an empty context has a verification")
+	}
+	if _, ok := keystorehttp.FromContext(keystorehttp.NewContext(ctx, keystore.Verification{Code: keystore.CodeDisabled, KeyID: "k"})); ok {
+		t.Error("a verification that is not valid is reported present")
+	}
+	v, ok := keystorehttp.FromContext(keystorehttp.NewContext(ctx, keystore.Verification{Valid: true, Code: keystore.CodeValid, KeyID: "k"}))
+	if !ok || v.KeyID != "k" {
+		t.Errorf("got %+v %v, want the valid verification", v, ok)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/idsafe/keystore"
@@ -31,20 +33,30 @@ func newAPI(store *keystore.Store) http.Handler {
 
 // newKey is the body of POST /v1/keys.
 type newKey struct {
-	ExternalID        string   `json:"externalId"`
-	Permissions       []string `json:"permissions"`
-	Credits           *int64   `json:"credits"`           // omitted: unlimited
-	RequestsPerMinute int64    `json:"requestsPerMinute"` // 0: no ratelimit
+	ExternalID      string   `json:"externalId"`
+	Permissions     []string `json:"permissions"`     // of grantable only
+	Credits         *int64   `json:"credits"`         // omitted: unlimited
+	RequestsPerHour int64    `json:"requestsPerHour"` // 0: no ratelimit
 }
 
-// createKey creates a key for the owner the body names; concurrent calls
-// for a new owner all succeed and create one identity.
+// grantable are the permissions POST /v1/keys may give: never
+// keys.create, so that a key made here cannot make keys of its own.
+var grantable = []string{"orders.read", "orders.write"}
+
+// createKey creates a key for the customer the body names; concurrent
+// calls for a new customer all succeed and create one identity.
 func createKey(store *keystore.Store) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var body newKey
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&body); err != nil {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body: " + err.Error()})
 			return
+		}
+		for _, p := range body.Permissions {
+			if !slices.Contains(grantable, p) {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "permissions: " + p + " is not one of " + strings.Join(grantable, ", ")})
+				return
+			}
 		}
 		req := keystore.CreateKeyRequest{
 			WorkspaceID: workspace, KeySpaceID: keySpace, Prefix: "sk",
@@ -53,8 +65,8 @@ func createKey(store *keystore.Store) http.HandlerFunc {
 		if body.Credits != nil {
 			req.Credits = &keystore.Credits{Remaining: *body.Credits}
 		}
-		if body.RequestsPerMinute > 0 {
-			req.Ratelimits = []keystore.Ratelimit{{Name: "requests", Limit: body.RequestsPerMinute, Duration: time.Minute, AutoApply: true}}
+		if body.RequestsPerHour > 0 {
+			req.Ratelimits = []keystore.Ratelimit{{Name: "requests", Limit: body.RequestsPerHour, Duration: time.Hour, AutoApply: true}}
 		}
 		k, err := store.CreateKey(r.Context(), req)
 		var invalid *keystore.ValidationError
@@ -72,7 +84,11 @@ func createKey(store *keystore.Store) http.HandlerFunc {
 // listOrders answers with the caller's orders: the verification in the
 // context says whose they are.
 func listOrders(w http.ResponseWriter, r *http.Request) {
-	v, _ := keystorehttp.FromContext(r.Context()) // always there behind Require
+	v, ok := keystorehttp.FromContext(r.Context())
+	if !ok { // mounted without Require: a bug, and no one to serve
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "no verified key"})
+		return
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"owner": v.ExternalID, "orders": []string{}, "creditsLeft": v.Remaining})
 }
 

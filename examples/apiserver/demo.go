@@ -25,7 +25,7 @@ type step struct {
 // and failing on the first that is not as expected.
 func demo(ctx context.Context, out io.Writer, base, adminKey string) error {
 	c := client{ctx: ctx, base: base}
-	acme, err := c.newKey(out, adminKey, newKey{ExternalID: "acme", Permissions: []string{"orders.read"}, RequestsPerMinute: 2})
+	acme, err := c.newKey(out, adminKey, newKey{ExternalID: "acme", Permissions: []string{"orders.read"}, RequestsPerHour: 2})
 	if err != nil {
 		return err
 	}
@@ -37,9 +37,10 @@ func demo(ctx context.Context, out io.Writer, base, adminKey string) error {
 		{"GET", "/v1/orders", "no key", "", nil, 401, "MISSING_KEY"},
 		{"GET", "/v1/orders", "made-up key", "sk_0000000000000000000000", nil, 401, "NOT_FOUND"},
 		{"POST", "/v1/keys", "acme's key", acme, newKey{ExternalID: "mallory"}, 403, "INSUFFICIENT_PERMISSIONS"},
+		{"POST", "/v1/keys", "admin key", adminKey, newKey{ExternalID: "mallory", Permissions: []string{"keys.create"}}, 400, ""},
 		{"GET", "/v1/orders", "acme's key", acme, nil, 200, ""},
 		{"GET", "/v1/orders", "acme's key", acme, nil, 200, ""},
-		{"GET", "/v1/orders", "acme's key", acme, nil, 429, "RATE_LIMITED"}, // 2 a minute
+		{"GET", "/v1/orders", "acme's key", acme, nil, 429, "RATE_LIMITED"}, // 2 an hour
 		{"GET", "/v1/orders", "trial's key", trial, nil, 200, ""},
 		{"GET", "/v1/orders", "trial's key", trial, nil, 402, "USAGE_EXCEEDED"}, // its 1 credit is spent
 		{"GET", "/v1/orders", "admin key", adminKey, nil, 403, "INSUFFICIENT_PERMISSIONS"},
@@ -104,6 +105,9 @@ func (c client) send(out io.Writer, s step) (map[string]any, error) {
 	}
 	if owner, ok := answer["owner"]; ok {
 		extra = append(extra, fmt.Sprintf("owner %v, credits left %v", owner, cmpNil(answer["creditsLeft"], "unlimited")))
+	}
+	if e, ok := answer["error"]; ok {
+		extra = append(extra, fmt.Sprint(e))
 	}
 	if id, ok := answer["keyId"]; ok {
 		extra = append(extra, fmt.Sprintf("key %v", id))

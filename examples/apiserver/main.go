@@ -68,15 +68,18 @@ func run(ctx context.Context, dsn, listen string, out io.Writer) error {
 	if err := store.Migrate(ctx); err != nil {
 		return err
 	}
-	// The admin key, which may create keys: made here, as a service would
-	// at its first start or from an operator's tool.
+	// The admin key, which may create keys: made here for this run only
+	// (it expires in an hour and is deleted when run returns); a real
+	// service makes its admin keys with an operator's tool.
+	expires := time.Now().Add(time.Hour)
 	admin, err := store.CreateKey(ctx, keystore.CreateKeyRequest{
 		WorkspaceID: workspace, KeySpaceID: keySpace, Prefix: "admin", Name: "apiserver admin",
-		Permissions: []string{"keys.create"},
+		Permissions: []string{"keys.create"}, Expires: &expires,
 	})
 	if err != nil {
 		return err
 	}
+	defer store.DeleteKey(context.WithoutCancel(ctx), workspace, admin.KeyID)
 
 	addr := cmp.Or(listen, "127.0.0.1:0")
 	ln, err := net.Listen("tcp", addr)
@@ -96,10 +99,10 @@ func run(ctx context.Context, dsn, listen string, out io.Writer) error {
 	if listen == "" {
 		return nil
 	}
-	// The admin key is shown once, as CreateKey returns it once: the
-	// store keeps only its hash.
-	fmt.Fprintf(out, "\nserving until interrupted; the admin key (shown once) is %s\n", admin.Key)
-	fmt.Fprintf(out, "  curl -X POST -H 'Authorization: Bearer %s' -d '{\"externalId\":\"me\",\"permissions\":[\"orders.read\"]}' %s/v1/keys\n", admin.Key, base)
+	// The admin key is shown once, as CreateKey returns it once (the
+	// store keeps only its hash), and only to whoever asked to serve.
+	fmt.Fprintf(out, "\nserving until interrupted; this run's admin key, shown once, is\n  ADMIN_KEY=%s\n", admin.Key)
+	fmt.Fprintf(out, "  curl -X POST -H \"Authorization: Bearer $ADMIN_KEY\" -d '{\"externalId\":\"me\",\"permissions\":[\"orders.read\"]}' %s/v1/keys\n", base)
 	select {
 	case <-ctx.Done():
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
