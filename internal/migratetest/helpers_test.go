@@ -26,6 +26,14 @@ var runtimePrivileges = []string{"SELECT", "INSERT", "UPDATE", "DELETE"}
 // schema of today's files.
 var migratePrivileges = []string{"CREATE", "SELECT", "INSERT"}
 
+// goosePrivileges and golangMigratePrivileges are what docs/migrations.md
+// says each tool's user needs to apply the files and keep its own version
+// table (golang-migrate rewrites its one row with DELETE and INSERT).
+var (
+	goosePrivileges         = []string{"CREATE", "SELECT", "INSERT"}
+	golangMigratePrivileges = []string{"CREATE", "SELECT", "INSERT", "DELETE"}
+)
+
 // open opens a pool on dsn, closed when t ends.
 func open(t testing.TB, dsn string) *sqlx.DB {
 	t.Helper()
@@ -58,10 +66,24 @@ func withParams(t testing.TB, dsn string, params map[string]string) string {
 // The user is dropped when t ends.
 func userFor(t testing.TB, dsn string, privileges ...string) string {
 	t.Helper()
+	return userOn(t, dsn, nil, privileges...)
+}
+
+// userOn is userFor with the privileges granted on each of tables (of the
+// database of dsn) instead of the whole database, when tables is not nil.
+func userOn(t testing.TB, dsn string, tables []string, privileges ...string) string {
+	t.Helper()
 	ctx := context.Background()
 	cfg, err := mysql.ParseDSN(dsn)
 	if err != nil {
 		t.Fatal(err)
+	}
+	objects := []string{"`" + cfg.DBName + "`.*"}
+	if tables != nil {
+		objects = nil
+		for _, table := range tables {
+			objects = append(objects, "`"+cfg.DBName+"`.`"+table+"`")
+		}
 	}
 	admin := open(t, keystoretest.AdminDSN(t))
 	// The host this client is known by, so that the user is matched before
@@ -77,25 +99,33 @@ func userFor(t testing.TB, dsn string, privileges ...string) string {
 	admin.MustExecContext(ctx, "CREATE USER "+account+" IDENTIFIED BY '"+password+"'")
 	t.Cleanup(func() { admin.ExecContext(context.Background(), "DROP USER "+account) })
 	if len(privileges) > 0 {
-		admin.MustExecContext(ctx, "GRANT "+strings.Join(privileges, ", ")+" ON `"+cfg.DBName+"`.* TO "+account)
+		for _, object := range objects {
+			admin.MustExecContext(ctx, "GRANT "+strings.Join(privileges, ", ")+" ON "+object+" TO "+account)
+		}
 	}
 	// The user has exactly these, and nothing global.
 	var grants []string
 	if err := admin.SelectContext(ctx, &grants, "SHOW GRANTS FOR "+account); err != nil {
 		t.Fatal(err)
 	}
+	want := slices.Sorted(slices.Values(privileges))
+	seen := 0
 	for _, g := range grants {
 		if strings.HasPrefix(g, "GRANT USAGE ON *.* TO ") {
 			continue
 		}
 		granted, ok := strings.CutPrefix(g, "GRANT ")
 		granted, rest, _ := strings.Cut(granted, " ON ")
+		object, _, _ := strings.Cut(rest, " TO ")
 		got := strings.Split(granted, ", ")
 		slices.Sort(got)
-		want := slices.Sorted(slices.Values(privileges))
-		if !ok || !strings.HasPrefix(rest, "`"+cfg.DBName+"`.* TO ") || !slices.Equal(got, want) {
-			t.Fatalf("grant %q, want %v on %s.*", g, want, cfg.DBName)
+		if !ok || !slices.Contains(objects, object) || !slices.Equal(got, want) {
+			t.Fatalf("grant %q, want %v on %v", g, want, objects)
 		}
+		seen++
+	}
+	if len(privileges) > 0 && seen != len(objects) {
+		t.Fatalf("grants %q, want %v on each of %v", grants, want, objects)
 	}
 	cfg.User, cfg.Passwd = name, password
 	return cfg.FormatDSN()

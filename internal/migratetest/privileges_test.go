@@ -16,15 +16,23 @@ import (
 )
 
 // A user with only the runtime privileges (SELECT, INSERT, UPDATE and
-// DELETE on the database) runs a Store's whole workload on a schema that
-// exists; without any one of them, the workload fails, refused by the
-// server for want of that privilege.
+// DELETE on the database, or on its keystore_* tables alone) runs a
+// Store's whole workload on a schema that exists; without any one of them,
+// the workload fails, refused by the server for want of that privilege.
 func TestRuntimePrivileges(t *testing.T) {
 	t.Parallel()
 	t.Run("all", func(t *testing.T) {
 		t.Parallel()
 		if err := workload(t, userFor(t, migratedByStore(t), runtimePrivileges...)); err != nil {
 			t.Fatalf("workload with %v: %v", runtimePrivileges, err)
+		}
+	})
+	t.Run("on the keystore tables only", func(t *testing.T) {
+		t.Parallel()
+		dsn := migratedByStore(t)
+		tables := rows(t, open(t, dsn), `SELECT TABLE_NAME FROM information_schema.TABLES WHERE `+keystoreTables)
+		if err := workload(t, userOn(t, dsn, tables, runtimePrivileges...)); err != nil {
+			t.Fatalf("workload with %v on %v: %v", runtimePrivileges, tables, err)
 		}
 	})
 	for _, p := range runtimePrivileges {

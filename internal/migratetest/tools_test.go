@@ -35,16 +35,17 @@ func TestGooseProvider(t *testing.T) {
 	want := schemaOf(t, open(t, migratedByStore(t)))
 	dsn := keystoretest.DSN(t)
 	db := open(t, dsn)
+	tool := open(t, userFor(t, dsn, goosePrivileges...))
 	ctx := context.Background()
 
-	service, err := goose.NewProvider(goose.DialectMySQL, db.DB, serviceGoose)
+	service, err := goose.NewProvider(goose.DialectMySQL, tool.DB, serviceGoose)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := service.Up(ctx); err != nil {
 		t.Fatal(err)
 	}
-	p, err := goose.NewProvider(goose.DialectMySQL, db.DB, keystore.Migrations(), goose.WithTableName("goose_keystore"))
+	p, err := goose.NewProvider(goose.DialectMySQL, tool.DB, keystore.Migrations(), goose.WithTableName("goose_keystore"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +76,7 @@ func TestGooseGlobalAPI(t *testing.T) {
 	want := schemaOf(t, open(t, migratedByStore(t)))
 	dsn := keystoretest.DSN(t)
 	db := open(t, dsn)
+	tool := open(t, userFor(t, dsn, goosePrivileges...))
 	ctx := context.Background()
 
 	goose.SetBaseFS(keystore.Migrations())
@@ -83,10 +85,10 @@ func TestGooseGlobalAPI(t *testing.T) {
 	if err := goose.SetDialect("mysql"); err != nil {
 		t.Fatal(err)
 	}
-	if err := goose.UpContext(ctx, db.DB, "."); err != nil {
+	if err := goose.UpContext(ctx, tool.DB, "."); err != nil {
 		t.Fatal(err)
 	}
-	if v, err := goose.GetDBVersionContext(ctx, db.DB); err != nil || v != int64(len(want.Versions)) {
+	if v, err := goose.GetDBVersionContext(ctx, tool.DB); err != nil || v != int64(len(want.Versions)) {
 		t.Fatalf("goose's version %d, %v; want %d", v, err, len(want.Versions))
 	}
 	sameSchema(t, schemaOf(t, db), want)
@@ -101,12 +103,13 @@ func TestGolangMigrateURL(t *testing.T) {
 	t.Parallel()
 	want := schemaOf(t, open(t, migratedByStore(t)))
 	dsn := keystoretest.DSN(t)
+	toolDSN := userFor(t, dsn, golangMigratePrivileges...)
 
 	serviceSrc, err := iofs.New(serviceMigrate, ".")
 	if err != nil {
 		t.Fatal(err)
 	}
-	service, err := migrate.NewWithSourceInstance("iofs", serviceSrc, "mysql://"+dsn)
+	service, err := migrate.NewWithSourceInstance("iofs", serviceSrc, "mysql://"+toolDSN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +123,7 @@ func TestGolangMigrateURL(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, err := migrate.NewWithSourceInstance("iofs", src,
-		"mysql://"+withParams(t, dsn, map[string]string{"x-migrations-table": "schema_migrations_keystore"}))
+		"mysql://"+withParams(t, toolDSN, map[string]string{"x-migrations-table": "schema_migrations_keystore"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +172,8 @@ func TestGolangMigrateWithInstance(t *testing.T) {
 
 	t.Run("multiStatements", func(t *testing.T) {
 		dsn := keystoretest.DSN(t)
-		if err := up(t, withParams(t, dsn, map[string]string{"multiStatements": "true"})); err != nil {
+		toolDSN := userFor(t, dsn, golangMigratePrivileges...)
+		if err := up(t, withParams(t, toolDSN, map[string]string{"multiStatements": "true"})); err != nil {
 			t.Fatal(err)
 		}
 		sameSchema(t, schemaOf(t, open(t, dsn)), want)
@@ -177,7 +181,7 @@ func TestGolangMigrateWithInstance(t *testing.T) {
 	})
 	t.Run("without", func(t *testing.T) {
 		dsn := keystoretest.DSN(t)
-		err := up(t, dsn)
+		err := up(t, userFor(t, dsn, golangMigratePrivileges...))
 		if err == nil || !strings.Contains(err.Error(), "Error 1064") {
 			t.Fatalf("golang-migrate without multiStatements: %v; want a syntax error (1064)", err)
 		}
