@@ -6,7 +6,7 @@ GO ?= go
 # bash, for set -o pipefail in bench
 SHELL := bash
 
-.PHONY: test test-cluster test-mysql demo bench ensure-mariadb
+.PHONY: test test-cluster test-mysql test-vitess demo bench ensure-mariadb
 
 test: ensure-mariadb
 	$(GO) vet ./...
@@ -24,6 +24,12 @@ test-cluster: ensure-mariadb
 # chroot built on first use (needs root; see the script).
 test-mysql:
 	bash scripts/test-mysql.sh
+
+# The root package's and keystoretest's tests through a real Vitess vtgate
+# (vttestserver, one unsharded keyspace, over test-mysql's MySQL), Vitess
+# built from its Go module on first use (needs root; see the script).
+test-vitess:
+	bash scripts/test-vitess.sh
 
 demo: ensure-mariadb
 	$(GO) run ./examples/race

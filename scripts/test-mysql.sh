@@ -23,18 +23,8 @@ no_mysql() {
 
 [[ "$(id -u)" -eq 0 ]] || no_mysql "this needs root (debootstrap, chroot); or run 'go test ./...' with KEYSTORE_TEST_DSN naming a MySQL server"
 
-if [[ ! -f "$root/.keystore-ready" ]]; then
-	if ! command -v debootstrap >/dev/null 2>&1; then
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; } >/dev/null ||
-			no_mysql "could not install debootstrap"
-	fi
-	rm -rf "$root"
-	mkdir -p "$(dirname "$root")"
-	echo "test-mysql: building a Debian sid chroot with MySQL in $root (about a minute)"
-	debootstrap --variant=minbase --include=mysql-server-core sid "$root" http://deb.debian.org/debian >"$root.log" 2>&1 ||
-		no_mysql "debootstrap failed, see $root.log"
-	touch "$root/.keystore-ready"
-fi
+. scripts/sid-chroot.sh
+sid_chroot "$root" no_mysql mysql-server-core
 
 run=$(mktemp -d "$root/tmp/keystore-mysql.XXXXXX")
 inside=${run#"$root"}
