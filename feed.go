@@ -328,11 +328,12 @@ func (f *feed) synced(try func(prefix string) error) error {
 }
 
 // noteSyncWait reports whether err is the server refusing the prefix of
-// syncWait (MySQL has neither SET STATEMENT nor wsrep_sync_wait), and
-// remembers it, so that later statements go without.
+// syncWait (MySQL has neither SET STATEMENT nor wsrep_sync_wait; Vitess's
+// vtgate answers 1105 "syntax error"), and remembers it, so that later
+// statements go without.
 func (f *feed) noteSyncWait(err error) bool {
 	n, ok := serverErrorNumber(err)
-	if !ok || n != errParse && n != errUnknownSystemVariable {
+	if !isParseError(err) && !(ok && n == errUnknownSystemVariable) {
 		return false
 	}
 	f.noSyncWait.Store(true)
