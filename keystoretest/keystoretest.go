@@ -26,6 +26,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -50,7 +51,12 @@ var (
 	server    *mariadb.Server // nil when KEYSTORE_TEST_DSN is used
 	base      *mysql.Config   // the server, without a database
 	admin     *sql.DB         // connections to base, for CREATE and DROP DATABASE
+	vitess    bool            // the server is a Vitess vtgate
 )
+
+// keyspaceTimeout bounds the wait for a database created through Vitess to
+// serve (see [waitServing]).
+const keyspaceTimeout = 30 * time.Second
 
 // setup finds or starts the server, once per process, failing tb if it
 // cannot.
@@ -89,9 +95,17 @@ func start() error {
 		}
 		adminCfg.Params["lock_wait_timeout"] = "60"
 		var conn driver.Connector
-		if conn, setupErr = mysql.NewConnector(adminCfg); setupErr == nil {
-			admin = sql.OpenDB(conn)
+		if conn, setupErr = mysql.NewConnector(adminCfg); setupErr != nil {
+			return
 		}
+		admin = sql.OpenDB(conn)
+		ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+		defer cancel()
+		var version string
+		if setupErr = admin.QueryRowContext(ctx, "SELECT VERSION()").Scan(&version); setupErr != nil {
+			return
+		}
+		vitess = strings.Contains(version, "Vitess")
 	})
 	return setupErr
 }
@@ -140,6 +154,12 @@ func Database() (dsn string, drop func() error, err error) {
 	if _, err := admin.ExecContext(ctx, "CREATE DATABASE `"+name+"`"); err != nil {
 		return "", nil, err
 	}
+	if vitess {
+		if err := waitServing(ctx, name); err != nil {
+			admin.ExecContext(ctx, "DROP DATABASE IF EXISTS `"+name+"`")
+			return "", nil, err
+		}
+	}
 	drop = func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 		defer cancel()
@@ -149,6 +169,30 @@ func Database() (dsn string, drop func() error, err error) {
 	cfg := base.Clone()
 	cfg.DBName = name
 	return cfg.FormatDSN(), drop, nil
+}
+
+// waitServing waits, for at most keyspaceTimeout, until the keyspace that
+// Vitess made of the new database name serves queries. vtgate answers CREATE
+// DATABASE once the keyspace is in its topology, before its primary tablet
+// is known to be healthy; a test's first statement then failed with "no
+// healthy tablet available". The query probes the keyspace's primary:
+// vtgate sends a query on information_schema naming a schema to that
+// keyspace.
+func waitServing(ctx context.Context, name string) error {
+	ctx, cancel := context.WithTimeout(ctx, keyspaceTimeout)
+	defer cancel()
+	for {
+		var n int
+		err := admin.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = ?", name).Scan(&n)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("Vitess keyspace %s not serving after %v: %w", name, keyspaceTimeout, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // DB opens a pool on a fresh database from [DSN] and pings it. The pool
