@@ -28,9 +28,14 @@ func newStore(t testing.TB, opts ...keystore.Option) (*keystore.Store, *sqlx.DB)
 // counters (statements, rows read) see every statement the Store sends.
 func storeOn(t testing.TB, dsn string, maxOpen int, opts ...keystore.Option) (*keystore.Store, *sqlx.DB) {
 	t.Helper()
-	db, err := sqlx.Open("mysql", dsn)
-	if err != nil {
-		t.Fatal(err)
+	var db *sqlx.DB
+	if onVitess(t) {
+		db = openCounted(t, dsn) // statements(): see vitess_test.go
+	} else {
+		var err error
+		if db, err = sqlx.Open("mysql", dsn); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(func() { db.Close() })
 	db.SetMaxOpenConns(maxOpen)
