@@ -246,6 +246,12 @@ func TestListValidation(t *testing.T) {
 // A page costs the same however many deleted rows precede it: the indexes
 // skip deleted keys and identities instead of reading and filtering them.
 func TestListingsSkipDeletedRowsInTheIndex(t *testing.T) {
+	if onVitess(t) {
+		// vtgate runs statements on tablet connections of its own: SHOW
+		// SESSION STATUS is not this session's, and no other count of the
+		// rows a statement read was found to work through it.
+		t.Skip("behind Vitess the session's row reads cannot be seen")
+	}
 	s, db := storeOn(t, keystoretest.DSN(t), 1)
 	ctx := context.Background()
 	for _, ks := range []string{"crowded", "clean"} {
@@ -270,8 +276,12 @@ func TestListingsSkipDeletedRowsInTheIndex(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := db.Exec(`ANALYZE TABLE keystore_keys, keystore_identities`); err != nil {
-		t.Fatal(err)
+	// One table a statement: vtgate's parser takes ANALYZE TABLE of one
+	// table only.
+	for _, table := range []string{"keystore_keys", "keystore_identities"} {
+		if _, err := db.Exec(`ANALYZE TABLE ` + table); err != nil {
+			t.Fatal(err)
+		}
 	}
 	reads := func(f func() int) int {
 		before := handlerReads(t, db)
@@ -304,6 +314,9 @@ func TestListingsSkipDeletedRowsInTheIndex(t *testing.T) {
 		clean := reads(func() int { return c.list("clean") })
 		crowded := reads(func() int { return c.list("crowded") })
 		t.Logf("%s: %d row reads behind 200 deleted rows, %d without", c.name, crowded, clean)
+		if clean < 1 {
+			t.Fatalf("%s: no row reads counted for a page of rows", c.name)
+		}
 		if crowded > clean+5 {
 			t.Errorf("%s: a page behind 200 deleted rows took %d row reads, %d without: deleted rows are scanned", c.name, crowded, clean)
 		}
