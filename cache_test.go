@@ -186,6 +186,12 @@ func TestVerifyCacheReadsOnceForConcurrentMisses(t *testing.T) {
 // the Store answers from the database, so a change made meanwhile (by hand
 // here, as no Store can write the feed) is in its answers.
 func TestVerifyCacheFailsSafe(t *testing.T) {
+	if onVitess(t) {
+		// Observed through vtgate: the poll read the feed while a client
+		// held LOCK TABLES keystore_changes WRITE, so the feed could not
+		// be held unread this way.
+		t.Skip("behind Vitess LOCK TABLES does not keep the poll from reading the feed")
+	}
 	ctx := context.Background()
 	dsn := keystoretest.DSN(t)
 	s, db := storeOn(t, dsn, 4, keystore.WithVerifyCache(1000, cacheBound))
@@ -255,6 +261,12 @@ func TestVerifyCacheFailsSafe(t *testing.T) {
 // while a is open. Then a commits, then b, and the caching Store sees
 // both within the bound.
 func TestChangeFeedFollowsCommitOrder(t *testing.T) {
+	if onVitess(t) {
+		// The test picks connections by their feed shard, which follows
+		// CONNECTION_ID(); through vtgate that is a tablet's pooled
+		// connection's, the same for any number of client connections.
+		t.Skip("behind Vitess a client connection has no server connection id of its own to pick shards by")
+	}
 	ctx := context.Background()
 	dsn := keystoretest.DSN(t)
 	writer, db := storeOn(t, dsn, 0)
@@ -300,7 +312,10 @@ func TestChangeFeedFollowsCommitOrder(t *testing.T) {
 	// Connections a and b of one shard, c of another.
 	var a, b, c *sqlx.Conn
 	byShard := map[int]*sqlx.Conn{}
-	for a == nil || c == nil {
+	for tries := 0; a == nil || c == nil; tries++ {
+		if tries == 1000 {
+			t.Fatalf("1,000 connections fell in %d of %d feed shards", len(byShard), keystore.FeedShards)
+		}
 		conn, err := db.Connx(ctx)
 		if err != nil {
 			t.Fatal(err)
