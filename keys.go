@@ -155,7 +155,7 @@ func (s *Store) CreateKey(ctx context.Context, req CreateKeyRequest) (CreatedKey
 // TxOptions, or the owner was deleted (since the Store saw it, or between
 // the blocks).
 func (s *Store) createKeyOneTrip(ctx context.Context, now time.Time, req CreateKeyRequest, keyID string, cols columns) (identityID string, done bool, err error) {
-	ctx = withPending(ctx, &pending{})
+	ctx = withPending(ctx, s.newPending())
 	s.keyIsReceipt(ctx, keyID)
 	var stmts []statement
 	events := []audit{{event: EventKeyCreate, keyID: keyID}}

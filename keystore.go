@@ -135,7 +135,7 @@ func tx[T any](ctx context.Context, s *Store, fn func(ctx context.Context, tx *s
 	var p *pending // the last attempt's
 	defer func() { s.changedHere(p) }()
 	return retry(ctx, &cfg, func() (T, error) {
-		p = &pending{}
+		p = s.newPending()
 		v, err := runTx(withPending(ctx, p), s.db, cfg.txOptions, fn, p.sentOn)
 		if err != nil && !errors.Is(err, ErrAmbiguousCommit) && isConnectionLost(err) && ctx.Err() == nil {
 			s.release(ctx, p)

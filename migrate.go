@@ -105,20 +105,19 @@ func (s *Store) Migrate(ctx context.Context) error {
 		return fmt.Errorf("keystore: migrate: %w", err)
 	}
 	defer conn.Close()
-	var session struct {
-		Database   *string `db:"db"`
-		Autocommit int     `db:"autocommit"`
+	var got struct {
+		Database *string `db:"db"`
+		session
 	}
-	if err := conn.GetContext(ctx, &session, `SELECT DATABASE() AS db, @@SESSION.autocommit AS autocommit`); err != nil {
+	if err := conn.GetContext(ctx, &got, `SELECT DATABASE() AS db, @@SESSION.autocommit AS autocommit, VERSION() AS version`); err != nil {
 		return fmt.Errorf("keystore: migrate: %w", err)
 	}
-	if session.Database == nil {
+	if got.Database == nil || *got.Database == "" { // NULL; vtgate answers ""
 		return fmt.Errorf("keystore: migrate: %w: the DSN names no database (user@tcp(host)/dbname)", ErrUnsupportedSetting)
 	}
-	if err := requireAutocommit(session.Autocommit); err != nil {
+	if err := s.session.learn(got.session); err != nil { // the Store need not ask again
 		return fmt.Errorf("keystore: migrate: %w", err)
 	}
-	s.session.ok.Store(true) // the pool's sessions autocommit: the Store need not ask again
 
 	all, err := schemaMigrations()
 	if err != nil {

@@ -3,6 +3,7 @@ package keystore
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 
 	"github.com/jmoiron/sqlx"
@@ -22,8 +23,24 @@ import (
 // Callers that arrive before the first check has succeeded each check for
 // themselves, within their own contexts: checking twice is harmless, and no
 // caller waits for another's round trip.
+//
+// The same statement tells whether the pool reaches a Vitess vtgate, where
+// CONNECTION_ID() names one of a tablet's pooled connections, not the
+// client's session: a transaction there gets no receipt (settle.go),
+// since ending that thread could end another client's work.
 type sessionCheck struct {
-	ok atomic.Bool
+	ok     atomic.Bool
+	vitess atomic.Bool
+}
+
+// sessionQuery is what verify asks; vtgate answers a SELECT without FROM
+// itself, so VERSION() is its own there.
+const sessionQuery = `SELECT @@SESSION.autocommit AS autocommit, VERSION() AS version`
+
+// session is sessionQuery's answer.
+type session struct {
+	Autocommit int    `db:"autocommit"`
+	Version    string `db:"version"`
 }
 
 // verify returns nil once db's sessions are known to autocommit, and an
@@ -32,13 +49,20 @@ func (c *sessionCheck) verify(ctx context.Context, db *sqlx.DB) error {
 	if c.ok.Load() {
 		return nil
 	}
-	var autocommit int
-	if err := db.GetContext(ctx, &autocommit, `SELECT @@SESSION.autocommit`); err != nil {
+	var got session
+	if err := db.GetContext(ctx, &got, sessionQuery); err != nil {
 		return fmt.Errorf("keystore: check the session's settings: %w", err)
 	}
-	if err := requireAutocommit(autocommit); err != nil {
+	return c.learn(got)
+}
+
+// learn records what a session's answer says, returning the error for
+// sessions that do not autocommit.
+func (c *sessionCheck) learn(got session) error {
+	if err := requireAutocommit(got.Autocommit); err != nil {
 		return err
 	}
+	c.vitess.Store(strings.Contains(got.Version, "Vitess"))
 	c.ok.Store(true)
 	return nil
 }

@@ -272,7 +272,8 @@ func receiptTable(id string) (string, bool) {
 // connection that sends it fills in the rest. It also collects what the
 // transaction changed, which its last statements write to the change feed.
 type pending struct {
-	receipt Receipt
+	noReceipt bool // behind Vitess (session.go): no thread to name
+	receipt   Receipt
 	changes []string // what the transaction changed, for the change feed (changes.go)
 }
 
@@ -310,6 +311,9 @@ func (s *Store) keyIsReceipt(ctx context.Context, keyID string) {
 	}
 }
 
+// newPending returns the pending receipt of one attempt of a transaction.
+func (s *Store) newPending() *pending { return &pending{noReceipt: s.session.vitess.Load()} }
+
 // unclaim forgets p's id, for a transaction built again after the one
 // that claimed it was rolled back.
 func (p *pending) unclaim() {
@@ -322,6 +326,9 @@ func (p *pending) unclaim() {
 // When the server will not say (one that keeps its status elsewhere), the
 // transaction goes without: a lost reply to it stays ErrAmbiguousCommit.
 func (p *pending) sentOn(ctx context.Context, conn *sqlx.Conn) error {
+	if p.noReceipt {
+		return nil
+	}
 	t, err := serverThreads.of(ctx, conn)
 	if err != nil {
 		return err // the connection broke: the transaction could not have been sent either

@@ -73,6 +73,18 @@ func TestDSNGivesDistinctEmptyDatabasesDroppedAtCleanup(t *testing.T) {
 	if len(names) != 2 || names[0] == names[1] {
 		t.Fatalf("names %q, want two distinct", names)
 	}
+	var version string
+	if err := admin.Get(&version, "SELECT VERSION()"); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(version, "Vitess") {
+		// vtgate keeps a dropped database's keyspace in its topology for
+		// a while, and a query naming it fails ("no healthy tablet")
+		// rather than finding nothing: there is no prompt way to see
+		// that it is gone.
+		t.Log("behind Vitess: not checking that the databases are gone")
+		return
+	}
 	for _, name := range names {
 		if databaseExists(t, admin, name) {
 			t.Errorf("database %s still exists after the subtest's cleanup", name)
