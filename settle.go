@@ -274,7 +274,7 @@ func receiptTable(id string) (string, bool) {
 type pending struct {
 	noReceipt bool // behind Vitess (session.go): no thread to name
 	receipt   Receipt
-	changes []string // what the transaction changed, for the change feed (changes.go)
+	changes   []string // what the transaction changed, for the change feed (changes.go)
 }
 
 type pendingKey struct{}
