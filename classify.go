@@ -88,7 +88,8 @@ type AmbiguousCommitError struct {
 	// transaction had none: WithRetryTx, VerifyKey's credit spend and
 	// ratelimit grants, and calls that changed nothing (DeleteKey of a
 	// deleted key, EnsureIdentity of an existing owner, CreateRole adding
-	// nothing).
+	// nothing), and every transaction behind a Vitess vtgate, which hides
+	// the session's server thread.
 	Receipt *Receipt
 	// KeyID is the key the transaction would have written (CreateKey,
 	// ImportKey, RerollKey), or "".
