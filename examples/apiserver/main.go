@@ -24,10 +24,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/internal/demodb"
 	"github.com/idsafe/keystore/internal/mariadb"
-	"github.com/jmoiron/sqlx"
 )
 
 func main() {
@@ -55,7 +54,7 @@ func run(ctx context.Context, dsn, listen string, out io.Writer) error {
 		fmt.Fprintf(out, "started throwaway MariaDB %s at %s\n", server.Version(), server.Addr())
 		dsn = server.DSN("")
 	}
-	db, err := openDB(ctx, dsn)
+	db, _, err := demodb.Open(ctx, dsn, "keystore_apiserver")
 	if err != nil {
 		return err
 	}
@@ -114,28 +113,4 @@ func run(ctx context.Context, dsn, listen string, out io.Writer) error {
 		}
 		return err
 	}
-}
-
-// openDB opens a pool on dsn's database, creating keystore_apiserver and
-// using it when dsn names none.
-func openDB(ctx context.Context, dsn string) (*sqlx.DB, error) {
-	cfg, err := mysql.ParseDSN(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("DSN: %w", err)
-	}
-	cfg.ParseTime = true
-	cfg.InterpolateParams = true // one round trip per statement, as keystore.New advises
-	if cfg.DBName == "" {
-		admin, err := sqlx.Open("mysql", cfg.FormatDSN())
-		if err != nil {
-			return nil, err
-		}
-		_, err = admin.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS keystore_apiserver")
-		admin.Close()
-		if err != nil {
-			return nil, err
-		}
-		cfg.DBName = "keystore_apiserver"
-	}
-	return sqlx.Open("mysql", cfg.FormatDSN())
 }

@@ -39,6 +39,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/idsafe/keystore"
+	"github.com/idsafe/keystore/internal/demodb"
 	"github.com/idsafe/keystore/internal/mariadb"
 	"github.com/jmoiron/sqlx"
 )
@@ -317,25 +318,7 @@ func stopServer(server *mariadb.Server) {
 // openDB opens a pool of poolSize connections on dsn's database, creating
 // keystore_demo and using it when dsn names none.
 func openDB(ctx context.Context, dsn string, poolSize int) (*sqlx.DB, error) {
-	cfg, err := mysql.ParseDSN(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("DSN: %w", err)
-	}
-	cfg.ParseTime = true
-	cfg.InterpolateParams = true // one round trip per statement, as keystore.New advises
-	if cfg.DBName == "" {
-		admin, err := sqlx.Open("mysql", cfg.FormatDSN())
-		if err != nil {
-			return nil, err
-		}
-		_, err = admin.ExecContext(ctx, "CREATE DATABASE IF NOT EXISTS keystore_demo")
-		admin.Close()
-		if err != nil {
-			return nil, err
-		}
-		cfg.DBName = "keystore_demo"
-	}
-	db, err := sqlx.Open("mysql", cfg.FormatDSN())
+	db, cfg, err := demodb.Open(ctx, dsn, "keystore_demo")
 	if err != nil {
 		return nil, err
 	}
